@@ -1,0 +1,541 @@
+//! The workflow graph: validation that the API server cannot do at apply time
+//! (cycles, parameter references, schedules, references to other workflows),
+//! and the ready set that drives execution. Pure: no client, no clock.
+//!
+//! The controller and `baton validate` call the same functions, so a manifest
+//! that validates offline is one the controller accepts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use crate::api::{TaskPhase, TaskSpec, WorkflowSpec};
+use crate::{params, schedule};
+
+/// Most cycles reported for one workflow; a dense graph has too many to list.
+const MAX_CYCLES_REPORTED: usize = 5;
+
+/// One thing wrong with a workflow, printed as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The task the problem is about, when there is one.
+    pub task: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn workflow(message: impl Into<String>) -> Self {
+        Problem { task: None, message: message.into() }
+    }
+    fn task(task: &str, message: impl Into<String>) -> Self {
+        Problem { task: Some(task.to_string()), message: message.into() }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.task {
+            Some(task) => write!(f, "task {task:?}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Joins problems into the one-line message of a condition or Event.
+pub fn summarize(problems: &[Problem]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// True when `name` is a DNS label (RFC 1123), as task names must be.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// The task graph with names resolved to indices. Edges point from a task to
+/// the tasks it depends on.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    names: Vec<String>,
+    deps: Vec<Vec<usize>>,
+}
+
+impl Dag {
+    /// Builds the graph, or returns every structural problem: names,
+    /// duplicates, container/workflowRef, unknown or self dependencies, cycles.
+    pub fn new(tasks: &[TaskSpec]) -> Result<Dag, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(tasks.len());
+        if tasks.is_empty() {
+            problems.push(Problem::workflow("the workflow has no tasks"));
+        }
+        for (i, task) in tasks.iter().enumerate() {
+            if !is_dns_label(&task.name) {
+                problems.push(Problem::task(
+                    &task.name,
+                    "name must be a DNS label: at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit",
+                ));
+            }
+            if index.insert(task.name.as_str(), i).is_some() {
+                problems.push(Problem::task(&task.name, "duplicate task name"));
+            }
+            match (&task.container, &task.workflow_ref) {
+                (Some(_), Some(_)) => problems.push(Problem::task(&task.name, "has both container and workflowRef; give exactly one")),
+                (None, None) => problems.push(Problem::task(&task.name, "has neither container nor workflowRef; give exactly one")),
+                _ => {}
+            }
+        }
+        let mut deps = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let mut resolved = Vec::with_capacity(task.depends_on.len());
+            let mut seen = BTreeSet::new();
+            for dep in &task.depends_on {
+                if !seen.insert(dep.as_str()) {
+                    problems.push(Problem::task(&task.name, format!("lists dependency {dep:?} twice")));
+                } else if *dep == task.name {
+                    problems.push(Problem::task(&task.name, "depends on itself"));
+                } else if let Some(&j) = index.get(dep.as_str()) {
+                    resolved.push(j);
+                } else {
+                    problems.push(Problem::task(&task.name, format!("depends on {dep:?}, which is not a task of this workflow")));
+                }
+            }
+            deps.push(resolved);
+        }
+        let dag = Dag { names: tasks.iter().map(|t| t.name.clone()).collect(), deps };
+        for cycle in dag.cycles() {
+            let path: Vec<&str> = cycle.iter().map(|&i| dag.names[i].as_str()).collect();
+            problems.push(Problem::workflow(format!(
+                "dependency cycle: {} -> {} (each task depends on the next)",
+                path.join(" -> "),
+                path[0]
+            )));
+        }
+        if problems.is_empty() { Ok(dag) } else { Err(problems) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn name(&self, task: usize) -> &str {
+        &self.names[task]
+    }
+
+    pub fn deps(&self, task: usize) -> &[usize] {
+        &self.deps[task]
+    }
+
+    /// Cycles found by one depth-first pass, each in dependency order,
+    /// at most [`MAX_CYCLES_REPORTED`]. Iterative, so deep chains cannot
+    /// overflow the stack.
+    fn cycles(&self) -> Vec<Vec<usize>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            OnPath,
+            Done,
+        }
+        let mut mark = vec![Mark::New; self.len()];
+        let mut found = Vec::new();
+        for root in 0..self.len() {
+            if mark[root] != Mark::New {
+                continue;
+            }
+            // (node, index of the next edge to follow)
+            let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+            mark[root] = Mark::OnPath;
+            while let Some(&mut (node, ref mut next)) = path.last_mut() {
+                if let Some(&dep) = self.deps[node].get(*next) {
+                    *next += 1;
+                    match mark[dep] {
+                        Mark::New => {
+                            mark[dep] = Mark::OnPath;
+                            path.push((dep, 0));
+                        }
+                        Mark::OnPath if found.len() < MAX_CYCLES_REPORTED => {
+                            let start = path.iter().position(|&(n, _)| n == dep).expect("on path");
+                            found.push(path[start..].iter().map(|&(n, _)| n).collect());
+                        }
+                        _ => {}
+                    }
+                } else {
+                    mark[node] = Mark::Done;
+                    path.pop();
+                }
+            }
+        }
+        found
+    }
+
+    /// Tasks that may start now: Pending, with every dependency Succeeded.
+    /// `phases` is indexed like the workflow's tasks.
+    pub fn ready<'a>(&'a self, phases: &'a [TaskPhase]) -> impl Iterator<Item = usize> + 'a {
+        (0..self.len()).filter(move |&t| {
+            phases[t] == TaskPhase::Pending && self.deps[t].iter().all(|&d| phases[d] == TaskPhase::Succeeded)
+        })
+    }
+
+    /// Tasks that can never start: Pending, with a dependency that ended
+    /// without success. They are to be marked Skipped.
+    pub fn blocked<'a>(&'a self, phases: &'a [TaskPhase]) -> impl Iterator<Item = usize> + 'a {
+        (0..self.len()).filter(move |&t| {
+            phases[t] == TaskPhase::Pending
+                && self.deps[t]
+                    .iter()
+                    .any(|&d| matches!(phases[d], TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped))
+        })
+    }
+}
+
+/// Every texts of a task that may hold `{{params.NAME}}`.
+fn templated_texts(task: &TaskSpec) -> Vec<&str> {
+    let mut texts = Vec::new();
+    if let Some(c) = &task.container {
+        texts.extend(c.command.iter().flatten().map(String::as_str));
+        texts.extend(c.args.iter().flatten().map(String::as_str));
+        texts.extend(c.env.iter().flatten().filter_map(|e| e.value.as_deref()));
+    }
+    if let Some(r) = &task.workflow_ref {
+        texts.extend(r.params.values().map(String::as_str));
+    }
+    texts
+}
+
+/// Validates a workflow definition: the graph, parameter declarations and
+/// references, and the schedule. Empty means valid.
+pub fn validate(spec: &WorkflowSpec) -> Vec<Problem> {
+    let mut problems = Dag::new(&spec.tasks).err().unwrap_or_default();
+    let mut declared = BTreeSet::new();
+    for p in &spec.params {
+        if !declared.insert(p.name.as_str()) {
+            problems.push(Problem::workflow(format!("parameter {:?} is declared twice", p.name)));
+        }
+    }
+    for task in &spec.tasks {
+        let unknown: BTreeSet<&str> = templated_texts(task)
+            .into_iter()
+            .flat_map(params::references)
+            .filter(|name| !declared.contains(name))
+            .collect();
+        for name in unknown {
+            problems.push(Problem::task(
+                &task.name,
+                format!("references {{{{params.{name}}}}}, but the workflow declares no parameter {name:?}"),
+            ));
+        }
+    }
+    if let Some(s) = &spec.schedule {
+        if let Err(e) = schedule::parse(s) {
+            problems.push(Problem::workflow(e));
+        }
+        let missing: Vec<&str> = spec.params.iter().filter(|p| p.default.is_none()).map(|p| p.name.as_str()).collect();
+        if !missing.is_empty() {
+            problems.push(Problem::workflow(format!(
+                "scheduled runs supply no parameters, but {} {} no default",
+                missing.join(", "),
+                if missing.len() == 1 { "has" } else { "have" }
+            )));
+        }
+    }
+    problems
+}
+
+/// The parameter values of a run: what it supplies, else the defaults.
+/// Every declared parameter needs a value; supplying an undeclared one is an
+/// error too (most likely a typo).
+pub fn resolve_params(spec: &WorkflowSpec, supplied: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Vec<Problem>> {
+    let mut values = BTreeMap::new();
+    let mut problems = Vec::new();
+    for p in &spec.params {
+        match supplied.get(&p.name).or(p.default.as_ref()) {
+            Some(v) => {
+                values.insert(p.name.clone(), v.clone());
+            }
+            None => problems.push(Problem::workflow(format!(
+                "parameter {:?} has no default and the run does not supply it",
+                p.name
+            ))),
+        }
+    }
+    for name in supplied.keys().filter(|n| !spec.params.iter().any(|p| &p.name == *n)) {
+        problems.push(Problem::workflow(format!("the run supplies parameter {name:?}, which the workflow does not declare")));
+    }
+    if problems.is_empty() { Ok(values) } else { Err(problems) }
+}
+
+/// Looks for a chain of `workflowRef`s that leads from workflow `start` back
+/// to itself. `refs` gives the workflows a workflow refers to, or `None` when
+/// it does not exist (a missing workflow is reported elsewhere). Returns the
+/// chain, starting and ending with `start`.
+pub fn workflow_cycle<F>(start: &str, refs: F) -> Option<Vec<String>>
+where
+    F: Fn(&str) -> Option<Vec<String>>,
+{
+    let mut visited = BTreeSet::new();
+    let mut path = vec![start.to_string()];
+    fn walk<F: Fn(&str) -> Option<Vec<String>>>(
+        start: &str,
+        path: &mut Vec<String>,
+        visited: &mut BTreeSet<String>,
+        refs: &F,
+    ) -> bool {
+        let current = path.last().cloned().expect("path is never empty");
+        for next in refs(&current).unwrap_or_default() {
+            if next == start {
+                path.push(next);
+                return true;
+            }
+            if visited.insert(next.clone()) {
+                path.push(next);
+                if walk(start, path, visited, refs) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    walk(start, &mut path, &mut visited, &refs).then_some(path)
+}
+
+/// The workflows a spec's tasks refer to, in task order, without repeats.
+pub fn referenced_workflows(spec: &WorkflowSpec) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    spec.tasks
+        .iter()
+        .filter_map(|t| t.workflow_ref.as_ref())
+        .filter(|r| seen.insert(r.name.clone()))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ParamSpec, Schedule, TaskWorkflowRef};
+    use k8s_openapi::api::core::v1::{Container, EnvVar};
+    use proptest::prelude::*;
+
+    fn container_task(name: &str, deps: &[&str]) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            container: Some(Container { name: "main".into(), image: Some("busybox".into()), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn spec(tasks: Vec<TaskSpec>) -> WorkflowSpec {
+        WorkflowSpec { tasks, ..Default::default() }
+    }
+
+    fn messages(spec: &WorkflowSpec) -> Vec<String> {
+        validate(spec).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn diamond_is_valid_and_ready_follows_dependencies() {
+        let tasks = vec![
+            container_task("a", &[]),
+            container_task("b", &["a"]),
+            container_task("c", &["a"]),
+            container_task("d", &["b", "c"]),
+        ];
+        assert!(validate(&spec(tasks.clone())).is_empty());
+        let dag = Dag::new(&tasks).unwrap();
+        use TaskPhase::*;
+        let mut phases = vec![Pending; 4];
+        assert_eq!(dag.ready(&phases).collect::<Vec<_>>(), [0]);
+        phases[0] = Succeeded;
+        assert_eq!(dag.ready(&phases).collect::<Vec<_>>(), [1, 2]);
+        phases[1] = Succeeded;
+        phases[2] = Running;
+        assert_eq!(dag.ready(&phases).count(), 0);
+        phases[2] = Failed;
+        assert_eq!(dag.blocked(&phases).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn cycle_is_named_in_order() {
+        let m = messages(&spec(vec![
+            container_task("start", &[]),
+            container_task("a", &["start", "c"]),
+            container_task("b", &["a"]),
+            container_task("c", &["b"]),
+        ]));
+        assert_eq!(m, ["dependency cycle: a -> c -> b -> a (each task depends on the next)"]);
+    }
+
+    #[test]
+    fn missing_and_self_dependencies() {
+        let m = messages(&spec(vec![container_task("a", &["a"]), container_task("b", &["nope"])]));
+        assert_eq!(
+            m,
+            [
+                "task \"a\": depends on itself",
+                "task \"b\": depends on \"nope\", which is not a task of this workflow"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_and_malformed_names() {
+        let m = messages(&spec(vec![container_task("a", &[]), container_task("a", &[]), container_task("Bad_Name", &[])]));
+        assert!(m.contains(&"task \"a\": duplicate task name".to_string()), "{m:?}");
+        assert!(m.iter().any(|l| l.starts_with("task \"Bad_Name\": name must be a DNS label")), "{m:?}");
+    }
+
+    #[test]
+    fn exactly_one_of_container_or_workflow_ref() {
+        let mut both = container_task("both", &[]);
+        both.workflow_ref = Some(TaskWorkflowRef { name: "other".into(), ..Default::default() });
+        let mut neither = container_task("neither", &[]);
+        neither.container = None;
+        let m = messages(&spec(vec![both, neither]));
+        assert_eq!(
+            m,
+            [
+                "task \"both\": has both container and workflowRef; give exactly one",
+                "task \"neither\": has neither container nor workflowRef; give exactly one"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_param_references_in_command_args_env_and_child_params() {
+        let mut t = container_task("t", &[]);
+        let c = t.container.as_mut().unwrap();
+        c.command = Some(vec!["echo {{params.date}} {{params.nope}}".into()]);
+        c.args = Some(vec!["{{ params.alsonope }}".into()]);
+        c.env = Some(vec![EnvVar { name: "X".into(), value: Some("{{params.envnope}}".into()), ..Default::default() }]);
+        let mut child = container_task("child", &[]);
+        child.container = None;
+        child.workflow_ref = Some(TaskWorkflowRef {
+            name: "w".into(),
+            params: [("p".to_string(), "{{params.childnope}}".to_string())].into(),
+        });
+        let mut s = spec(vec![t, child]);
+        s.params = vec![ParamSpec { name: "date".into(), default: Some("x".into()), ..Default::default() }];
+        let m = messages(&s);
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(m[0].contains("{{params.alsonope}}") && m[0].starts_with("task \"t\""), "{m:?}");
+        assert!(m.iter().any(|l| l.contains("{{params.childnope}}")), "{m:?}");
+    }
+
+    #[test]
+    fn bad_schedule_and_scheduled_params_without_default() {
+        let mut s = spec(vec![container_task("a", &[])]);
+        s.params = vec![ParamSpec { name: "p".into(), ..Default::default() }];
+        s.schedule = Some(Schedule { cron: "not a cron".into(), ..Default::default() });
+        let m = messages(&s);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m[0].starts_with("schedule.cron \"not a cron\" does not parse"), "{m:?}");
+        assert!(m[1].contains("p has no default"), "{m:?}");
+    }
+
+    #[test]
+    fn run_params_need_values_and_must_be_declared() {
+        let mut s = spec(vec![container_task("a", &[])]);
+        s.params = vec![
+            ParamSpec { name: "with_default".into(), default: Some("d".into()), ..Default::default() },
+            ParamSpec { name: "required".into(), ..Default::default() },
+        ];
+        let err = resolve_params(&s, &[("typo".to_string(), "x".to_string())].into()).unwrap_err();
+        let m: Vec<String> = err.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            m,
+            [
+                "parameter \"required\" has no default and the run does not supply it",
+                "the run supplies parameter \"typo\", which the workflow does not declare"
+            ]
+        );
+        let ok = resolve_params(&s, &[("required".to_string(), "r".to_string())].into()).unwrap();
+        assert_eq!(ok, [("required".to_string(), "r".to_string()), ("with_default".to_string(), "d".to_string())].into());
+    }
+
+    #[test]
+    fn workflow_reference_cycles() {
+        let graph: BTreeMap<&str, Vec<&str>> = [("a", vec!["b"]), ("b", vec!["c", "x"]), ("c", vec!["a"]), ("d", vec!["b"])].into();
+        let refs = |w: &str| graph.get(w).map(|v| v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(workflow_cycle("a", refs).unwrap(), ["a", "b", "c", "a"]);
+        assert_eq!(workflow_cycle("d", refs), None, "d reaches a cycle but not itself");
+        let self_ref = |_: &str| Some(vec!["s".to_string()]);
+        assert_eq!(workflow_cycle("s", self_ref).unwrap(), ["s", "s"]);
+    }
+
+    /// A random DAG: task i may depend only on tasks with a smaller index.
+    fn random_dag() -> impl Strategy<Value = Vec<TaskSpec>> {
+        (1usize..40).prop_flat_map(|n| {
+            proptest::collection::vec(proptest::collection::vec(any::<prop::sample::Index>(), 0..4), n).prop_map(|deps| {
+                deps.iter()
+                    .enumerate()
+                    .map(|(i, picks)| {
+                        let mut names: Vec<String> =
+                            if i == 0 { vec![] } else { picks.iter().map(|p| format!("t{}", p.index(i))).collect() };
+                        names.sort();
+                        names.dedup();
+                        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                        container_task(&format!("t{i}"), &refs)
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    proptest! {
+        /// Whatever finished, the ready set never holds a task with an
+        /// unfinished (or unsuccessful) dependency.
+        #[test]
+        fn ready_tasks_have_succeeded_dependencies(tasks in random_dag(), seed in proptest::collection::vec(0u8..6, 40)) {
+            let dag = Dag::new(&tasks).unwrap();
+            let all = [TaskPhase::Pending, TaskPhase::Running, TaskPhase::Succeeded, TaskPhase::Failed, TaskPhase::Skipped, TaskPhase::Stopped];
+            let phases: Vec<TaskPhase> = (0..dag.len()).map(|i| all[seed[i] as usize]).collect();
+            for t in dag.ready(&phases) {
+                prop_assert_eq!(phases[t], TaskPhase::Pending);
+                for &d in dag.deps(t) {
+                    prop_assert_eq!(phases[d], TaskPhase::Succeeded);
+                }
+            }
+        }
+
+        /// Running ready tasks to success, one wave at a time, finishes every
+        /// task of an acyclic graph (the shuffled order proves the wiring,
+        /// not the declaration order, decides).
+        #[test]
+        fn every_task_becomes_ready(mut tasks in random_dag(), rotate in 0usize..40) {
+            let n = tasks.len();
+            tasks.rotate_left(rotate % n);
+            let dag = Dag::new(&tasks).unwrap();
+            let mut phases = vec![TaskPhase::Pending; n];
+            for _ in 0..=n {
+                let wave: Vec<usize> = dag.ready(&phases).collect();
+                if wave.is_empty() { break; }
+                for t in wave { phases[t] = TaskPhase::Succeeded; }
+            }
+            prop_assert!(phases.iter().all(|p| *p == TaskPhase::Succeeded));
+        }
+
+        /// Adding a back edge to a chain always yields a cycle report.
+        #[test]
+        fn back_edge_is_reported_as_cycle(n in 2usize..30, from in 0usize..30) {
+            let from = from % n;
+            let mut tasks: Vec<TaskSpec> = (0..n).map(|i| {
+                let dep = if i == 0 { vec![] } else { vec![format!("t{}", i - 1)] };
+                let refs: Vec<&str> = dep.iter().map(String::as_str).collect();
+                container_task(&format!("t{i}"), &refs)
+            }).collect();
+            tasks[from].depends_on.push(format!("t{}", n - 1));
+            tasks[from].depends_on.dedup();
+            let problems = Dag::new(&tasks).unwrap_err();
+            prop_assert!(problems.iter().any(|p| p.message.starts_with("dependency cycle") || p.message == "depends on itself"));
+        }
+    }
+}

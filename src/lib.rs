@@ -1,0 +1,27 @@
+//! baton: a Kubernetes operator that runs DAG workflows with several
+//! controllers active at once, each run owned by exactly one of them.
+
+pub mod api;
+pub mod crds;
+pub mod dag;
+pub mod manifests;
+pub mod params;
+pub mod schedule;
+
+/// Errors of the crate. Variants say whose fault it is, so metrics and
+/// events can tell user mistakes from API trouble.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    #[error("yaml: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
