@@ -40,7 +40,7 @@ pub const MAX_TASKS: usize = 1000;
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "cel.bind(names, self.tasks.map(t, t.name), self.tasks.all(t, !has(t.dependsOn) || t.dependsOn.all(d, d in names)))",
+        "rule": "sets.contains(self.tasks.map(t, t.name), self.tasks.map(t, has(t.dependsOn) ? t.dependsOn : []).flatten())",
         "message": "every dependsOn entry must name a task of this workflow"
     }
 ]))]
@@ -469,6 +469,10 @@ pub struct WorkflowInstanceStatus {
     pub workflow_spec: Option<WorkflowSpec>,
 }
 
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
 /// Schema of `status.workflowSpec`: an opaque object. The spec was validated
 /// when the Workflow was applied; checking the copy again on every status
 /// write would spend the CEL budget for nothing.
@@ -531,6 +535,9 @@ pub struct TaskStatus {
     /// Attempts started so far (the current attempt is `attempts - 1`).
     #[serde(default)]
     pub attempts: i32,
+    /// Retries used since the run started or since the last `retryFailed`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries_used: i32,
     /// Pod of the current attempt (container tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,

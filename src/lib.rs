@@ -2,10 +2,19 @@
 //! controllers active at once, each run owned by exactly one of them.
 
 pub mod api;
+pub mod controller;
 pub mod crds;
 pub mod dag;
+pub mod fence;
+pub mod http;
+pub mod lease;
 pub mod manifests;
+pub mod metrics;
+pub mod naming;
+pub mod objects;
+pub mod ownership;
 pub mod params;
+pub mod planner;
 pub mod schedule;
 
 /// Errors of the crate. Variants say whose fault it is, so metrics and

@@ -1,9 +1,9 @@
 //! Cron schedules: parsing a `Workflow.spec.schedule` the same way for
 //! validation and for starting runs.
 
-use chrono_tz::Tz;
-use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use jiff::tz::TimeZone;
 
 use crate::api::Schedule;
 
@@ -14,7 +14,7 @@ pub const DEFAULT_TIME_ZONE: &str = "Etc/UTC";
 #[derive(Debug, Clone)]
 pub struct Parsed {
     pub cron: Cron,
-    pub tz: Tz,
+    pub tz: TimeZone,
 }
 
 /// Parses the cron expression (five fields, an optional leading seconds
@@ -28,8 +28,7 @@ pub fn parse(schedule: &Schedule) -> Result<Parsed, String> {
         .parse(&schedule.cron)
         .map_err(|e| format!("schedule.cron {:?} does not parse: {e}", schedule.cron))?;
     let zone = schedule.time_zone.as_deref().unwrap_or(DEFAULT_TIME_ZONE);
-    let tz = zone
-        .parse::<Tz>()
+    let tz = TimeZone::get(zone)
         .map_err(|_| format!("schedule.timeZone {zone:?} is not an IANA time zone"))?;
     Ok(Parsed { cron, tz })
 }

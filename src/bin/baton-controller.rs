@@ -1,4 +1,118 @@
-//! The baton controller: connects to the API server and serves health and
-//! metrics endpoints.
+//! The baton controller: holds its own Lease, claims the runs that hash to
+//! it, runs them, and hands them over on shutdown.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::StreamExt;
+use tracing::{error, info};
+
+use baton::controller::{self, Context};
+use baton::lease::{self, LeaseConfig};
+use baton::metrics::Metrics;
+
+#[derive(Parser, Debug)]
+#[command(name = "baton-controller", version, about = "Runs baton workflows; several controllers share the runs through Leases")]
+struct Flags {
+    /// Identity of this controller, used as its Lease name and in
+    /// status.owner. Default: $POD_NAME, else the hostname.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Namespace of the controllers' Leases. Default: $POD_NAMESPACE, else baton-system.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "baton-system")]
+    lease_namespace: String,
+    /// How long a Lease stays valid without renewal; a dead controller's runs
+    /// move after about this long.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How often this controller renews its Lease.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    renew_interval: Duration,
+    /// Address of /metrics, /healthz and /readyz; port 0 picks a free port.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Watch only this namespace. Default: all namespaces.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn identity(flag: Option<String>) -> String {
+    flag.filter(|s| !s.is_empty())
+        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "baton-controller".into())
+}
+
+async fn signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if flags.log_format == "json" { builder.json().init() } else { builder.init() }
+
+    anyhow::ensure!(flags.renew_interval < flags.lease_duration, "--renew-interval must be shorter than --lease-duration");
+    let identity = identity(flags.identity);
+    let client = kube::Client::try_default().await?;
+    let config = LeaseConfig {
+        identity: identity.clone(),
+        namespace: flags.lease_namespace,
+        lease_duration: flags.lease_duration,
+        renew_interval: flags.renew_interval,
+    };
+    let (membership, lease_task) = lease::start(client.clone(), config).await?;
+    let metrics = Arc::new(Metrics::default());
+    let (addr, server) = baton::http::serve(flags.metrics_addr, metrics.clone(), membership.clone()).await?;
+    info!(controller = %identity, %addr, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "http server stopped");
+        }
+    });
+    let lease_handle = lease_task.spawn();
+
+    let ctx = Arc::new(Context::new(client, membership.clone(), metrics));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let recheck = futures::stream::select(changes(membership.changes()), changes(drain_rx));
+    let controller = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            controller::run(ctx, flags.namespace.as_deref(), recheck, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        }
+    });
+
+    signal().await;
+    info!(controller = %identity, "shutting down: releasing runs");
+    ctx.draining.store(true, Ordering::SeqCst);
+    let _ = drain_tx.send(true);
+    let deadline = tokio::time::Instant::now() + flags.lease_duration;
+    while ctx.owned_unfinished() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(());
+    let _ = controller.await;
+    lease_handle.release().await;
+    info!(controller = %identity, left = ctx.owned_unfinished(), "stopped");
+    Ok(())
+}
+
+/// A stream that yields whenever a watch channel changes.
+fn changes<T: Send + Sync + 'static>(rx: tokio::sync::watch::Receiver<T>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.changed().await.ok().map(|_| ((), rx)) }).boxed()
+}

@@ -1,0 +1,195 @@
+//! Several controllers: ownership in status, failover, handoff, fencing,
+//! and requests that follow the owner.
+
+use std::time::{Duration, Instant};
+
+use baton::api::{OwnerChangeReason, RunPhase, WorkflowInstance};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::ResourceExt;
+use kube::api::Api;
+
+use crate::runs::{patch_spec, pods_of, run, task, wait_phase, workflow};
+use crate::support::{ControllerProc, LEASE_DURATION, TestNs, wait_for};
+
+fn chain(name: &str) -> String {
+    workflow(name, "", &[task("one", &[], "3s", 0, ""), task("two", &["one"], "3s", 0, ""), task("three", &["two"], "3s", 0, "")])
+}
+
+fn owner(run: &WorkflowInstance) -> Option<(String, i64)> {
+    run.status.as_ref()?.owner.as_ref().map(|o| (o.controller.clone(), o.epoch))
+}
+
+/// Waits until the run has a live owner among `controllers` and returns its index.
+async fn owner_index(ns: &TestNs, name: &str, controllers: &[&ControllerProc]) -> usize {
+    let api: Api<WorkflowInstance> = ns.api();
+    wait_for(&format!("run {name} to be owned"), Duration::from_secs(30), || async {
+        let r = api.get(name).await.map_err(|e| e.to_string())?;
+        let (who, _) = owner(&r).ok_or("no owner")?;
+        controllers.iter().position(|c| c.identity == who).ok_or(format!("owner {who}"))
+    })
+    .await
+}
+
+/// Every pod of the run carries the epoch that created it; checks no
+/// (task, attempt) appears twice and returns the epochs seen.
+async fn pod_epochs(ns: &TestNs, name: &str) -> Vec<(String, i64)> {
+    let pods = pods_of(ns, name).await;
+    let mut keys: Vec<String> = pods.iter().map(|p| format!("{}/{}", p.labels()["baton.dev/task"], p.labels()["baton.dev/attempt"])).collect();
+    keys.sort();
+    let before = keys.len();
+    keys.dedup();
+    assert_eq!(before, keys.len(), "at most one pod per (task, attempt)");
+    pods.iter()
+        .map(|p| (p.name_any(), p.annotations()["baton.dev/owner-epoch"].parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn killed_owner_fails_over_and_the_run_finishes_without_duplicates() {
+    let ns = TestNs::new("failover").await;
+    let mut c = [ns.controller("alpha"), ns.controller("beta")];
+    ns.apply(&chain("chain"));
+    ns.apply(&run("r1", "chain", ""));
+    let api: Api<WorkflowInstance> = ns.api();
+    wait_for("first task to run", Duration::from_secs(30), || async {
+        let pods = pods_of(&ns, "r1").await;
+        if pods.is_empty() { Err("no pod yet".to_string()) } else { Ok(()) }
+    })
+    .await;
+    let i = owner_index(&ns, "r1", &[&c[0], &c[1]]).await;
+    let (old, survivor) = (c[i].identity.clone(), c[1 - i].identity.clone());
+    c[i].kill();
+    let killed_at = Instant::now();
+    let moved = wait_for("the survivor to take the run", Duration::from_secs(30), || async {
+        let r = api.get("r1").await.map_err(|e| e.to_string())?;
+        match owner(&r) {
+            Some((who, epoch)) if who == survivor => Ok((r, epoch)),
+            o => Err(format!("{o:?}")),
+        }
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+    println!("takeover after kill -9: {takeover:?} (lease duration {LEASE_DURATION:?})");
+    let (r, epoch) = moved;
+    assert_eq!(epoch, 2);
+    let history = &r.status.as_ref().unwrap().owner_history;
+    let last = history.last().unwrap();
+    assert_eq!((last.controller.as_str(), last.reason), (survivor.as_str(), OwnerChangeReason::Failover));
+    assert!(history.iter().any(|h| h.controller == old && h.reason == OwnerChangeReason::Created));
+    let done = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
+    assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+    let epochs = pod_epochs(&ns, "r1").await;
+    assert_eq!(epochs.len(), 3, "{epochs:?}");
+    assert!(epochs.iter().any(|(_, e)| *e == 2), "the new owner created the later pods: {epochs:?}");
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn request_made_while_the_owner_is_dead_is_applied_by_the_next_owner() {
+    let ns = TestNs::new("deadreq").await;
+    let mut c = [ns.controller("alpha"), ns.controller("beta")];
+    ns.apply(&chain("chain"));
+    ns.apply(&run("r1", "chain", ""));
+    wait_phase(&ns, "r1", |p| p == RunPhase::Running).await;
+    let i = owner_index(&ns, "r1", &[&c[0], &c[1]]).await;
+    c[i].kill();
+    patch_spec(&ns, "r1", serde_json::json!({"suspend": true})).await;
+    let paused = wait_phase(&ns, "r1", |p| p == RunPhase::Paused).await;
+    assert_eq!(owner(&paused).unwrap().0, c[1 - i].identity, "applied by the new owner");
+    assert_eq!(paused.status.as_ref().unwrap().observed_generation, paused.metadata.generation);
+    patch_spec(&ns, "r1", serde_json::json!({"suspend": false})).await;
+    let done = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
+    assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn sigterm_hands_runs_over_at_once_and_deletes_the_lease() {
+    let ns = TestNs::new("handoff").await;
+    let mut c = [ns.controller("alpha"), ns.controller("beta")];
+    ns.apply(&chain("chain"));
+    ns.apply(&run("r1", "chain", ""));
+    wait_phase(&ns, "r1", |p| p == RunPhase::Running).await;
+    let i = owner_index(&ns, "r1", &[&c[0], &c[1]]).await;
+    let survivor = c[1 - i].identity.clone();
+    let start = Instant::now();
+    c[i].stop();
+    let api: Api<WorkflowInstance> = ns.api();
+    wait_for("the survivor to take the run", Duration::from_secs(30), || async {
+        let r = api.get("r1").await.map_err(|e| e.to_string())?;
+        match owner(&r) {
+            Some((who, _)) if who == survivor => Ok(()),
+            o => Err(format!("{o:?}")),
+        }
+    })
+    .await;
+    let took = start.elapsed();
+    println!("takeover after SIGTERM: {took:?}");
+    assert!(took < LEASE_DURATION, "handoff does not wait for the lease to expire ({took:?})");
+    let r = api.get("r1").await.unwrap();
+    assert_eq!(r.status.as_ref().unwrap().owner_history.last().unwrap().reason, OwnerChangeReason::Handoff);
+    let leases: Api<Lease> = ns.api();
+    assert!(leases.get_opt(&c[i].identity).await.unwrap().is_none(), "the stopped controller deleted its Lease");
+    let done = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
+    assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn frozen_owner_is_fenced_out_after_it_thaws() {
+    let ns = TestNs::new("freeze").await;
+    let c = [ns.controller("alpha"), ns.controller("beta")];
+    ns.apply(&chain("chain"));
+    ns.apply(&run("r1", "chain", ""));
+    wait_phase(&ns, "r1", |p| p == RunPhase::Running).await;
+    let i = owner_index(&ns, "r1", &[&c[0], &c[1]]).await;
+    c[i].freeze();
+    let api: Api<WorkflowInstance> = ns.api();
+    wait_for("the other controller to take the run", Duration::from_secs(30), || async {
+        let r = api.get("r1").await.map_err(|e| e.to_string())?;
+        match owner(&r) {
+            Some((who, 2)) if who == c[1 - i].identity => Ok(()),
+            o => Err(format!("{o:?}")),
+        }
+    })
+    .await;
+    c[i].thaw();
+    let done = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
+    assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+    assert_eq!(owner(&done).unwrap(), (c[1 - i].identity.clone(), 2), "the thawed controller did not take the run back");
+    pod_epochs(&ns, "r1").await;
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn a_joining_controller_receives_runs_by_handoff() {
+    let ns = TestNs::new("join").await;
+    let first = ns.controller("alpha");
+    ns.apply(&workflow("slow", "", &[task("one", &[], "20s", 0, "")]));
+    let names: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    for n in &names {
+        ns.apply(&run(n, "slow", ""));
+    }
+    for n in &names {
+        wait_phase(&ns, n, |p| p == RunPhase::Running).await;
+    }
+    let second = ns.controller("beta");
+    let api: Api<WorkflowInstance> = ns.api();
+    let moved = wait_for("some runs to move to the new controller", Duration::from_secs(30), || async {
+        let runs = api.list(&Default::default()).await.map_err(|e| e.to_string())?;
+        let on_beta: Vec<_> = runs.items.iter().filter(|r| owner(r).is_some_and(|(w, _)| w == second.identity)).collect();
+        if on_beta.is_empty() { Err("none yet".into()) } else { Ok(on_beta.iter().map(|r| (*r).clone()).collect::<Vec<_>>()) }
+    })
+    .await;
+    for r in &moved {
+        let last = r.status.as_ref().unwrap().owner_history.last().unwrap();
+        assert_eq!(last.reason, OwnerChangeReason::Handoff, "{}", r.name_any());
+    }
+    for n in &names {
+        let done = wait_phase(&ns, n, |p| p.is_terminal()).await;
+        assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+        pod_epochs(&ns, n).await;
+    }
+    drop(first);
+    ns.done().await;
+}

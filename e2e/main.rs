@@ -1,0 +1,9 @@
+//! End-to-end tests against the local control plane (`e2e/cluster`). Each
+//! test reads like a user's story: apply this, patch that, kill this
+//! controller, expect that.
+
+mod support;
+
+mod cluster;
+mod failover;
+mod runs;

@@ -1,0 +1,226 @@
+//! Support for end-to-end tests: the local control plane (started once per
+//! test run), a namespace and client per test, real `baton-controller`
+//! processes that can be killed, frozen, thawed and stopped, and waiting
+//! with a deadline and a clear message.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Brings the local control plane up once per test process (idempotent:
+/// reuses a running one) and returns its kubeconfig path.
+pub fn kubeconfig() -> &'static Path {
+    static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+    KUBECONFIG.get_or_init(|| {
+        let status = Command::new(root().join("e2e/cluster"))
+            .arg("up")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run e2e/cluster up");
+        assert!(status.success(), "e2e/cluster up failed; see target/e2e/logs/");
+        root().join("target/e2e/kubeconfig")
+    })
+}
+
+pub async fn client() -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig()).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// A namespace of one test, deleted when the test ends well (kept on
+/// failure, to look at).
+pub struct TestNs {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNs {
+    pub async fn new(test: &str) -> TestNs {
+        let client = client().await;
+        let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 100_000;
+        let name = format!("e2e-{test}-{suffix}");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+        TestNs { name, client }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Applies YAML documents (like `kubectl apply -f`), in this namespace.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig())
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        self.kubectl(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    /// Starts a controller watching this namespace, holding its Lease here.
+    pub fn controller(&self, identity: &str) -> ControllerProc {
+        ControllerProc::start(identity, &self.name, &[])
+    }
+
+    /// Deletes the namespace (call at the end of a passing test).
+    pub async fn done(self) {
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Lease timing used by tests: short, so failover tests finish quickly.
+pub const LEASE_DURATION: Duration = Duration::from_secs(4);
+
+/// A real `baton-controller` process.
+pub struct ControllerProc {
+    pub identity: String,
+    namespace: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl ControllerProc {
+    pub fn start(identity: &str, namespace: &str, extra: &[&str]) -> ControllerProc {
+        let mut p = ControllerProc {
+            identity: identity.into(),
+            namespace: namespace.into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: root().join(format!("target/e2e/logs/controller-{namespace}-{identity}.log")),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open controller log");
+        let child = Command::new(env!("CARGO_BIN_EXE_baton-controller"))
+            .env("KUBECONFIG", kubeconfig())
+            .env("RUST_LOG", "info,baton=debug,kube=warn")
+            .args(["--identity", &self.identity])
+            .args(["--namespace", &self.namespace])
+            .args(["--lease-namespace", &self.namespace])
+            .args(["--lease-duration", &format!("{}s", LEASE_DURATION.as_secs())])
+            .args(["--renew-interval", "500ms"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(&self.extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start baton-controller");
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    fn signal(&self, s: Signal) {
+        kill(self.pid(), s).expect("signal controller");
+    }
+
+    /// kill -9: no cleanup, the Lease is left to expire.
+    pub fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.reap();
+    }
+
+    /// SIGSTOP: the process is frozen mid-flight.
+    pub fn freeze(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "controller {} did not exit within 30s of SIGTERM", self.identity);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = None;
+    }
+
+    /// Starts the process again with the same identity and flags.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    fn reap(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming
+/// what was awaited and the last state seen.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The WorkflowInstance reconciler: decides who owns the run, then fetches
+//! what the planner needs, records the plan with one fenced status write,
+//! and carries out its actions (idempotent creates, deletes, child steering).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::api::{
+    Owner, OwnerChange, OwnerChangeReason, RunPhase, TaskPhase, Workflow, WorkflowInstance, WorkflowInstanceStatus, WorkflowSpec,
+};
+use crate::dag::{self, Dag};
+use crate::fence::{self, Fence, FenceError};
+use crate::lease::Membership;
+use crate::metrics::{ClaimLabel, ErrorLabel, Metrics, PhaseLabel};
+use crate::objects::{self, LABEL_INSTANCE, LABEL_PARENT, LABEL_TASK};
+use crate::ownership::{self, Decision};
+use crate::planner::{self, Action, Observed, ObservedChild, ObservedPod, PodState};
+
+/// Owner changes kept in `status.ownerHistory`.
+const OWNER_HISTORY: usize = 10;
+/// How often a run is looked at when nothing wakes it earlier.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// State shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub membership: Membership,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Set at shutdown: release runs instead of acting on them.
+    pub draining: AtomicBool,
+    /// Runs this controller owns (uid -> phase), for the gauges and for the
+    /// shutdown that waits until they are released.
+    owned: Mutex<HashMap<String, RunPhase>>,
+}
+
+impl Context {
+    pub fn new(client: Client, membership: Membership, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: "baton-controller".into(), instance: Some(membership.identity().to_string()) };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            membership,
+            metrics,
+            draining: AtomicBool::new(false),
+            owned: Mutex::default(),
+        }
+    }
+
+    /// Unfinished runs this controller still owns.
+    pub fn owned_unfinished(&self) -> usize {
+        self.owned.lock().expect("poisoned").values().filter(|p| !p.is_terminal()).count()
+    }
+
+    fn track(&self, uid: &str, phase: Option<RunPhase>) {
+        let mut owned = self.owned.lock().expect("poisoned");
+        match phase {
+            Some(p) => owned.insert(uid.to_string(), p),
+            None => owned.remove(uid),
+        };
+        let mut counts = HashMap::new();
+        for p in owned.values() {
+            *counts.entry(*p).or_insert(0) += 1;
+        }
+        self.metrics.set_runs(&counts);
+    }
+
+    async fn event(&self, run: &WorkflowInstance, warning: bool, reason: &str, message: String) {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(message),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &run.object_ref(&())).await {
+            warn!(error = %e, "cannot record event");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Fence(#[from] FenceError),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Fence(FenceError::Conflict) => "conflict",
+            Error::Fence(FenceError::Refused(_)) => "fenced",
+            Error::Fence(FenceError::Kube(_)) | Error::Kube(_) => "api",
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Sets a condition, keeping `lastTransitionTime` when the status is unchanged.
+fn set_condition(conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) {
+    let status = if ok { "True" } else { "False" };
+    let previous = conditions.iter().position(|c| c.type_ == type_);
+    let since = previous
+        .map(|i| &conditions[i])
+        .filter(|c| c.status == status)
+        .map_or_else(now, |c| c.last_transition_time.clone());
+    let condition = Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    };
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// Reconciles one run.
+pub async fn reconcile(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let span = info_span!(
+        "reconcile",
+        namespace = run.namespace().unwrap_or_default(),
+        name = run.name_any(),
+        controller = ctx.membership.identity()
+    );
+    reconcile_run(run, ctx).instrument(span).await
+}
+
+async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let _timer = ctx.metrics.reconcile_timer();
+    if run.metadata.deletion_timestamp.is_some() {
+        ctx.track(&run.uid().unwrap_or_default(), None);
+        return Ok(Requeue::await_change());
+    }
+    if !ctx.membership.valid() {
+        // Cut off: act on nothing until our Lease is renewed.
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
+    let api: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let status = run.status.clone().unwrap_or_default();
+    let members = ctx.membership.live_members();
+    let uid = run.uid().unwrap_or_default();
+    let assigned = ownership::rendezvous(&uid, &members);
+    let phase = status.phase.unwrap_or_default();
+    let idle = phase.is_terminal() && status.observed_generation == run.metadata.generation;
+    let owner = status.owner.as_ref();
+    let decision = ownership::decide(ownership::Facts {
+        me: ctx.membership.identity(),
+        owner: owner.map(|o| o.controller.as_str()),
+        owner_live: owner.is_some_and(|o| ctx.membership.is_live(&o.controller)),
+        assigned,
+        idle,
+        draining: ctx.draining.load(Ordering::SeqCst),
+    });
+    match decision {
+        Decision::Leave => {
+            ctx.track(&uid, None);
+            Ok(Requeue::await_change())
+        }
+        Decision::Release => release(&api, &run, status, &ctx).await,
+        Decision::Claim(reason) => {
+            let claimed = claim(&api, &run, status, reason, &ctx).await?;
+            execute(&api, claimed, &ctx).await
+        }
+        Decision::Act => execute(&api, (*run).clone(), &ctx).await,
+    }
+}
+
+async fn claim(
+    api: &Api<WorkflowInstance>,
+    run: &WorkflowInstance,
+    mut status: WorkflowInstanceStatus,
+    reason: OwnerChangeReason,
+    ctx: &Context,
+) -> Result<WorkflowInstance, Error> {
+    let me = ctx.membership.identity().to_string();
+    let previous = status.owner.clone();
+    let epoch = previous.as_ref().map_or(0, |o| o.epoch) + 1;
+    let since = now();
+    status.owner = Some(Owner { controller: me.clone(), lease: ctx.membership.lease_name().to_string(), epoch, since: since.clone() });
+    status.owner_history.push(OwnerChange { controller: me.clone(), epoch, since, reason });
+    let excess = status.owner_history.len().saturating_sub(OWNER_HISTORY);
+    status.owner_history.drain(..excess);
+    let written = fence::write_status(api, run, status, Fence::Claim, &ctx.membership, &ctx.metrics).await?;
+    ctx.metrics.claims.get_or_create(&ClaimLabel { reason: reason.into() }).inc();
+    let old = previous.map(|o| o.controller).filter(|c| !c.is_empty()).unwrap_or_else(|| "nobody".into());
+    info!(epoch, ?reason, from = %old, "claimed run");
+    let message = format!("owner changed from {old} to {me} (epoch {epoch}, {reason:?})");
+    ctx.event(&written, reason == OwnerChangeReason::Failover, "OwnerChanged", message).await;
+    Ok(written)
+}
+
+async fn release(api: &Api<WorkflowInstance>, run: &WorkflowInstance, mut status: WorkflowInstanceStatus, ctx: &Context) -> Result<Requeue, Error> {
+    if let Some(owner) = status.owner.as_mut() {
+        owner.controller.clear();
+        owner.lease.clear();
+    }
+    let written = fence::write_status(api, run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
+    ctx.metrics.releases.inc();
+    ctx.track(&run.uid().unwrap_or_default(), None);
+    info!("released run to its assigned controller");
+    ctx.event(&written, false, "Released", format!("{} released the run", ctx.membership.identity())).await;
+    Ok(Requeue::await_change())
+}
+
+/// Fails a run that cannot start, with a condition and a Warning Event.
+async fn reject(
+    api: &Api<WorkflowInstance>,
+    run: &WorkflowInstance,
+    mut status: WorkflowInstanceStatus,
+    reason: &str,
+    message: String,
+    ctx: &Context,
+) -> Result<Requeue, Error> {
+    set_condition(&mut status.conditions, "Valid", false, reason, message.clone(), run.metadata.generation);
+    status.phase = Some(RunPhase::Failed);
+    status.finished_at = Some(now());
+    status.observed_generation = run.metadata.generation;
+    let written = fence::write_status(api, run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
+    warn!(%message, "run cannot start");
+    ctx.event(&written, true, reason, message).await;
+    ctx.track(&run.uid().unwrap_or_default(), Some(RunPhase::Failed));
+    Ok(Requeue::await_change())
+}
+
+/// Checks the workflow a run names; the problems, if any, as one line.
+async fn check_workflow(wf_api: &Api<Workflow>, name: &str, spec: &WorkflowSpec, run: &WorkflowInstance) -> Result<Option<String>, Error> {
+    let mut problems: Vec<String> = dag::validate(spec).iter().map(ToString::to_string).collect();
+    if let Err(p) = dag::resolve_params(spec, &run.spec.params) {
+        problems.extend(p.iter().map(ToString::to_string));
+    }
+    if !dag::referenced_workflows(spec).is_empty() {
+        let all: BTreeMap<String, WorkflowSpec> =
+            wf_api.list(&ListParams::default()).await?.into_iter().map(|w| (w.name_any(), w.spec)).collect();
+        if let Some(chain) = dag::workflow_cycle(name, |w| all.get(w).map(dag::referenced_workflows)) {
+            problems.push(format!("workflowRef chain leads back to itself: {}", chain.join(" -> ")));
+        }
+    }
+    Ok((!problems.is_empty()).then(|| problems.join("; ")))
+}
+
+async fn observe(ctx: &Context, ns: &str, run: &str) -> Result<Observed, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let runs: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), ns);
+    let (pod_selector, child_selector) = (format!("{LABEL_INSTANCE}={run}"), format!("{LABEL_PARENT}={run}"));
+    let (pod_params, child_params) = (ListParams::default().labels(&pod_selector), ListParams::default().labels(&child_selector));
+    let (pods, children) = futures::try_join!(pods.list(&pod_params), runs.list(&child_params))?;
+    Ok(Observed {
+        pods: pods.into_iter().map(observed_pod).collect(),
+        children: children
+            .into_iter()
+            .map(|c| ObservedChild {
+                task: c.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
+                name: c.name_any(),
+                phase: c.status.as_ref().and_then(|s| s.phase),
+                suspend: c.spec.suspend,
+                shutdown: c.spec.shutdown,
+            })
+            .collect(),
+    })
+}
+
+fn observed_pod(pod: Pod) -> ObservedPod {
+    let status = pod.status.clone().unwrap_or_default();
+    let terminated = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref().and_then(|s| s.terminated.clone()));
+    let state = match status.phase.as_deref() {
+        Some("Succeeded") => PodState::Succeeded,
+        Some("Failed") => PodState::Failed,
+        Some("Running") => PodState::Running,
+        _ => PodState::Waiting,
+    };
+    ObservedPod {
+        task: pod.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
+        name: pod.name_any(),
+        state,
+        exit_code: terminated.as_ref().map(|t| t.exit_code),
+        reason: terminated.and_then(|t| t.reason).or(status.reason),
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// Runs one planner step for a run this controller owns.
+async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Context) -> Result<Requeue, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let name = run.name_any();
+    let uid = run.uid().unwrap_or_default();
+    let mut status = run.status.clone().unwrap_or_default();
+    if status.workflow_spec.is_none() && !status.phase.unwrap_or_default().is_terminal() {
+        let wf_api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &ns);
+        let wf_name = &run.spec.workflow_ref.name;
+        let Some(wf) = wf_api.get_opt(wf_name).await? else {
+            return reject(api, &run, status, "WorkflowNotFound", format!("workflow {wf_name:?} does not exist in namespace {ns}"), ctx).await;
+        };
+        if let Some(problems) = check_workflow(&wf_api, wf_name, &wf.spec, &run).await? {
+            return reject(api, &run, status, "InvalidWorkflow", format!("workflow {wf_name}: {problems}"), ctx).await;
+        }
+        set_condition(&mut status.conditions, "Valid", true, "WorkflowValid", format!("running workflow {wf_name}"), run.metadata.generation);
+        status.workflow_spec = Some(wf.spec);
+    }
+    let Some(workflow) = status.workflow_spec.clone() else {
+        ctx.track(&uid, status.phase);
+        return Ok(Requeue::await_change());
+    };
+    let (dag, values) = match (Dag::new(&workflow.tasks), dag::resolve_params(&workflow, &run.spec.params)) {
+        (Ok(d), Ok(v)) => (d, v),
+        (Err(p), _) | (_, Err(p)) => return reject(api, &run, status, "InvalidWorkflow", dag::summarize(&p), ctx).await,
+    };
+    let observed = observe(ctx, &ns, &name).await?;
+    let plan = planner::plan(&planner::Input {
+        run_name: &name,
+        generation: run.metadata.generation.unwrap_or_default(),
+        spec: &run.spec,
+        status: &status,
+        workflow: &workflow,
+        dag: &dag,
+        observed: &observed,
+        now: Timestamp::now(),
+    });
+    let written = if Some(&plan.status) != run.status.as_ref() {
+        fence::write_status(api, &run, plan.status.clone(), Fence::Owner, &ctx.membership, &ctx.metrics).await?
+    } else {
+        run.clone()
+    };
+    record_progress(&status, &plan.status, &ctx.metrics);
+    ctx.track(&uid, plan.status.phase);
+    for note in &plan.events {
+        ctx.event(&written, note.warning, note.reason, note.message.clone()).await;
+    }
+    let epoch = plan.status.owner.as_ref().map_or(0, |o| o.epoch);
+    let mut failed_creates = Vec::new();
+    for action in &plan.actions {
+        if !ctx.membership.valid() {
+            ctx.metrics.fenced_writes_refused.inc();
+            return Ok(Requeue::requeue(Duration::from_secs(1)));
+        }
+        if let Err(message) = carry_out(ctx, &written, &workflow, &values, epoch, action).await? {
+            failed_creates.push(message);
+        }
+    }
+    if !failed_creates.is_empty() {
+        return fail_tasks(api, written, failed_creates, ctx).await;
+    }
+    let requeue = if plan.status.phase.unwrap_or_default().is_terminal() { None } else { plan.requeue_after };
+    Ok(Requeue::requeue(requeue.unwrap_or(RESYNC).min(RESYNC)))
+}
+
+/// Counts task starts, completions and retries between two statuses.
+fn record_progress(before: &WorkflowInstanceStatus, after: &WorkflowInstanceStatus, metrics: &Metrics) {
+    for t in &after.tasks {
+        let old = before.tasks.iter().find(|o| o.name == t.name);
+        let (old_phase, old_attempts, old_retries) = old.map_or((TaskPhase::Pending, 0, 0), |o| (o.phase, o.attempts, o.retries_used));
+        if t.attempts > old_attempts {
+            metrics.task_starts.inc();
+        }
+        if t.retries_used > old_retries {
+            metrics.task_retries.inc();
+        }
+        if t.phase.is_finished() && t.phase != old_phase {
+            metrics.task_completions.get_or_create(&PhaseLabel { phase: task_phase_name(t.phase) }).inc();
+        }
+    }
+}
+
+fn task_phase_name(p: TaskPhase) -> &'static str {
+    match p {
+        TaskPhase::Pending => "Pending",
+        TaskPhase::Running => "Running",
+        TaskPhase::Succeeded => "Succeeded",
+        TaskPhase::Failed => "Failed",
+        TaskPhase::Skipped => "Skipped",
+        TaskPhase::Stopped => "Stopped",
+    }
+}
+
+/// Makes one API call of a plan. `Ok(Err(message))` means the object could
+/// not be built or was refused as invalid: the task fails with that message.
+async fn carry_out(
+    ctx: &Context,
+    run: &WorkflowInstance,
+    workflow: &WorkflowSpec,
+    values: &BTreeMap<String, String>,
+    epoch: i64,
+    action: &Action,
+) -> Result<Result<(), (String, String)>, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let task_spec = |task: &str| workflow.tasks.iter().find(|t| t.name == task).expect("planned tasks exist");
+    let created = match action {
+        Action::CreatePod { task, attempt } => match objects::pod(run, task_spec(task), *attempt, values, epoch) {
+            Ok(pod) => Api::<Pod>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &pod).await.map(|_| ()),
+            Err(message) => return Ok(Err((task.clone(), message))),
+        },
+        Action::CreateChild { task, attempt } => match objects::child(run, task_spec(task), *attempt, values, epoch) {
+            Ok(child) => Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &child).await.map(|_| ()),
+            Err(message) => return Ok(Err((task.clone(), message))),
+        },
+        Action::DeletePod { name } => {
+            return match Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(name, &DeleteParams::default()).await {
+                Ok(_) => Ok(Ok(())),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(Ok(())),
+                Err(e) => Err(e.into()),
+            };
+        }
+        Action::SteerChild { name, suspend, shutdown } => {
+            let patch = serde_json::json!({"spec": {"suspend": suspend, "shutdown": shutdown}});
+            let api = Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns);
+            return match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => Ok(Ok(())),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(Ok(())),
+                Err(e) => Err(e.into()),
+            };
+        }
+    };
+    let task = match action {
+        Action::CreatePod { task, .. } | Action::CreateChild { task, .. } => task.clone(),
+        _ => unreachable!("only creates get here"),
+    };
+    match created {
+        Ok(()) => {
+            debug!(?action, "created");
+            Ok(Ok(()))
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // Deterministic name: it exists because an earlier owner (or an
+            // earlier attempt of ours) created it. Adopt it.
+            ctx.metrics.adopted.inc();
+            debug!(?action, "adopted existing object");
+            Ok(Ok(()))
+        }
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => Ok(Err((task, format!("rejected by the API server: {}", s.message)))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Marks tasks whose pod or child could not be created as Failed.
+async fn fail_tasks(api: &Api<WorkflowInstance>, run: WorkflowInstance, failures: Vec<(String, String)>, ctx: &Context) -> Result<Requeue, Error> {
+    let mut status = run.status.clone().unwrap_or_default();
+    for (task, message) in &failures {
+        if let Some(t) = status.tasks.iter_mut().find(|t| &t.name == task) {
+            t.phase = TaskPhase::Failed;
+            t.finished_at = Some(now());
+            t.message = Some(message.clone());
+        }
+    }
+    let written = fence::write_status(api, &run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
+    for (task, message) in failures {
+        ctx.event(&written, true, "TaskFailed", format!("task {task}: {message}")).await;
+    }
+    Ok(Requeue::requeue(Duration::ZERO))
+}
+
+/// Decides the requeue after a failed reconcile.
+pub fn error_policy(run: Arc<WorkflowInstance>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabel { kind: error.kind() }).inc();
+    match error {
+        Error::Fence(FenceError::Conflict) => Requeue::requeue(Duration::from_millis(100)),
+        Error::Fence(FenceError::Refused(why)) => {
+            debug!(namespace = run.namespace(), name = run.name_any(), why, "write fenced off");
+            Requeue::requeue(Duration::from_secs(1))
+        }
+        e => {
+            warn!(namespace = run.namespace(), name = run.name_any(), controller = ctx.membership.identity(), error = %e, "reconcile failed");
+            Requeue::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// Runs the WorkflowInstance controller until `shutdown` resolves.
+/// `recheck` fires whenever every run must be looked at again (membership
+/// changed, or draining started).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    recheck: impl futures::Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (runs, pods): (Api<WorkflowInstance>, Api<Pod>) = match namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    Controller::new(runs.clone(), watcher::Config::default().any_semantic())
+        .owns(pods, watcher::Config::default().labels(LABEL_INSTANCE).any_semantic())
+        .owns(runs, watcher::Config::default().labels(LABEL_PARENT).any_semantic())
+        .reconcile_all_on(recheck)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

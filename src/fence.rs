@@ -1,0 +1,79 @@
+//! The one place that writes a run's status. Every write is fenced: made
+//! only while this controller's Lease is valid and the run, as read, is ours
+//! (or claimable), and sent with the resourceVersion that was read, so the
+//! API server refuses it if anyone wrote in between. The CRD's CEL rule on
+//! `status.owner.epoch` is the last line of defence.
+
+use kube::api::{Api, PostParams};
+use tracing::debug;
+
+use crate::api::{WorkflowInstance, WorkflowInstanceStatus};
+use crate::lease::Membership;
+use crate::metrics::Metrics;
+
+/// What entitles this write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// `status.owner` as read names this controller.
+    Owner,
+    /// The run as read has no live owner, or was released; the write makes
+    /// this controller the owner.
+    Claim,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("not written: {0}")]
+    Refused(&'static str),
+    #[error("conflict: the run changed since it was read")]
+    Conflict,
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Checks that this controller may write the run as read. Pure.
+pub fn check(read: &WorkflowInstance, fence: Fence, membership: &Membership) -> Result<(), &'static str> {
+    if !membership.valid() {
+        return Err("this controller's Lease is not valid");
+    }
+    let owner = read.status.as_ref().and_then(|s| s.owner.as_ref());
+    match fence {
+        Fence::Owner if owner.is_some_and(|o| o.controller == membership.identity()) => Ok(()),
+        Fence::Owner => Err("the run is owned by another controller"),
+        Fence::Claim => match owner {
+            None => Ok(()),
+            Some(o) if o.controller.is_empty() || !membership.is_live(&o.controller) => Ok(()),
+            Some(_) => Err("the run has a live owner"),
+        },
+    }
+}
+
+/// Replaces the status of the run as read with `status`, fenced.
+pub async fn write_status(
+    api: &Api<WorkflowInstance>,
+    read: &WorkflowInstance,
+    status: WorkflowInstanceStatus,
+    fence: Fence,
+    membership: &Membership,
+    metrics: &Metrics,
+) -> Result<WorkflowInstance, FenceError> {
+    if let Err(why) = check(read, fence, membership) {
+        metrics.fenced_writes_refused.inc();
+        return Err(FenceError::Refused(why));
+    }
+    let mut next = read.clone();
+    next.status = Some(status);
+    let name = read.metadata.name.as_deref().unwrap_or_default();
+    match api.replace_status(name, &PostParams::default(), &next).await {
+        Ok(written) => Ok(written),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            debug!("status write lost a race; will re-read");
+            Err(FenceError::Conflict)
+        }
+        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("epoch") => {
+            metrics.fenced_writes_refused.inc();
+            Err(FenceError::Refused("the API server refused an older epoch"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

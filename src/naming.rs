@@ -1,0 +1,76 @@
+//! Names of the objects a run creates. Deterministic, so that a retry, a new
+//! owner or a late duplicate call lands on `AlreadyExists` instead of
+//! creating a twin.
+
+/// Longest name usable as a label value and a DNS label.
+pub const MAX_NAME: usize = 63;
+/// Hex digits of the hash suffix of a shortened name.
+const HASH_DIGITS: usize = 10;
+
+/// Task pod of `attempt` (from 0): `<run>-<task>-<attempt>`.
+pub fn pod(run: &str, task: &str, attempt: i32) -> String {
+    shorten(format!("{run}-{task}-{attempt}"))
+}
+
+/// Child run of a `workflowRef` task: `<run>-<task>`, `-<attempt>` added for
+/// a retry.
+pub fn child(run: &str, task: &str, attempt: i32) -> String {
+    match attempt {
+        0 => shorten(format!("{run}-{task}")),
+        n => shorten(format!("{run}-{task}-{n}")),
+    }
+}
+
+/// Run started by a schedule tick: `<workflow>-<unix seconds of the tick>`.
+pub fn scheduled(workflow: &str, tick_unix_seconds: i64) -> String {
+    shorten(format!("{workflow}-{tick_unix_seconds}"))
+}
+
+/// Keeps names of at most [`MAX_NAME`] characters; longer ones become a
+/// prefix and a hash of the whole name, so distinct names stay distinct.
+pub fn shorten(name: String) -> String {
+    if name.len() <= MAX_NAME {
+        return name;
+    }
+    let keep = MAX_NAME - HASH_DIGITS - 1;
+    let prefix = name[..keep].trim_end_matches(['-', '.']);
+    format!("{prefix}-{:0width$x}", fnv1a(name.as_bytes()) >> (64 - 4 * HASH_DIGITS), width = HASH_DIGITS)
+}
+
+/// FNV-1a, 64 bits: stable across processes, machines and Rust versions.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_shapes() {
+        assert_eq!(pod("etl-2026-01-01", "extract", 0), "etl-2026-01-01-extract-0");
+        assert_eq!(child("etl-2026-01-01", "load", 0), "etl-2026-01-01-load");
+        assert_eq!(child("etl-2026-01-01", "load", 2), "etl-2026-01-01-load-2");
+        assert_eq!(scheduled("nightly", 1_767_232_800), "nightly-1767232800");
+    }
+
+    #[test]
+    fn long_names_are_shortened_distinctly_and_stably() {
+        let run = "a".repeat(50);
+        let a = pod(&run, "some-long-task-name", 0);
+        let b = pod(&run, "some-long-task-name", 1);
+        assert_eq!(a.len(), MAX_NAME);
+        assert_ne!(a, b);
+        assert_eq!(a, pod(&run, "some-long-task-name", 0));
+        assert!(a.starts_with(&run));
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+    }
+
+    #[test]
+    fn shortening_never_leaves_a_double_dash() {
+        let name = format!("{}-{}", "x".repeat(51), "y".repeat(20));
+        let short = shorten(name);
+        assert!(!short.contains("--"), "{short}");
+        assert!(short.len() <= MAX_NAME);
+    }
+}

@@ -1,0 +1,205 @@
+//! The objects a run creates: task pods and child runs, with the fixed
+//! names, labels, annotations and ownerReference. Pure builders.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use kube::{Resource, ResourceExt};
+use kube::api::ObjectMeta;
+
+use crate::api::{TaskSpec, WorkflowInstance, WorkflowInstanceSpec, WorkflowRef};
+use crate::{naming, params};
+
+pub const LABEL_INSTANCE: &str = "baton.dev/instance";
+pub const LABEL_TASK: &str = "baton.dev/task";
+pub const LABEL_ATTEMPT: &str = "baton.dev/attempt";
+pub const LABEL_PARENT: &str = "baton.dev/parent";
+/// Epoch of the owner that created the object: evidence of who did what.
+pub const ANNOTATION_OWNER_EPOCH: &str = "baton.dev/owner-epoch";
+/// Nesting depth of a child run (a top-level run has none, i.e. 0).
+pub const ANNOTATION_DEPTH: &str = "baton.dev/depth";
+/// Deepest nesting of child runs.
+pub const MAX_DEPTH: u32 = 8;
+
+fn owner_reference(run: &WorkflowInstance) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    run.controller_owner_ref(&()).expect("a stored run has a name and uid")
+}
+
+/// Nesting depth of `run` (0 for a run nobody's task created).
+pub fn depth(run: &WorkflowInstance) -> u32 {
+    run.annotations().get(ANNOTATION_DEPTH).and_then(|d| d.parse().ok()).unwrap_or(0)
+}
+
+fn substitute_all(texts: &mut Option<Vec<String>>, values: &BTreeMap<String, String>) -> Result<(), String> {
+    for text in texts.iter_mut().flatten() {
+        *text = params::substitute(text, values)?;
+    }
+    Ok(())
+}
+
+/// The container with `{{params.NAME}}` substituted in command, args and env.
+fn container(template: &Container, values: &BTreeMap<String, String>) -> Result<Container, String> {
+    let mut c = template.clone();
+    substitute_all(&mut c.command, values)?;
+    substitute_all(&mut c.args, values)?;
+    for env in c.env.iter_mut().flatten() {
+        if let Some(v) = &env.value {
+            env.value = Some(params::substitute(v, values)?);
+        }
+    }
+    Ok(c)
+}
+
+/// The pod of `attempt` of container task `task`.
+pub fn pod(run: &WorkflowInstance, task: &TaskSpec, attempt: i32, values: &BTreeMap<String, String>, epoch: i64) -> Result<Pod, String> {
+    let run_name = run.metadata.name.as_deref().unwrap_or_default();
+    let template = task.pod_template.clone().unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    let mut labels = meta.labels;
+    labels.insert(LABEL_INSTANCE.into(), run_name.into());
+    labels.insert(LABEL_TASK.into(), task.name.clone());
+    labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    let mut annotations = meta.annotations;
+    annotations.insert(ANNOTATION_OWNER_EPOCH.into(), epoch.to_string());
+    let main = container(task.container.as_ref().ok_or("task has no container")?, values)?;
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(naming::pod(run_name, &task.name, attempt)),
+            namespace: run.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner_reference(run)]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![main],
+            restart_policy: Some("Never".into()),
+            service_account_name: template.service_account_name,
+            node_selector: template.node_selector,
+            tolerations: template.tolerations,
+            affinity: template.affinity,
+            volumes: template.volumes,
+            security_context: template.security_context,
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The child run of `attempt` of workflowRef task `task`.
+pub fn child(
+    run: &WorkflowInstance,
+    task: &TaskSpec,
+    attempt: i32,
+    values: &BTreeMap<String, String>,
+    epoch: i64,
+) -> Result<WorkflowInstance, String> {
+    let run_name = run.metadata.name.as_deref().unwrap_or_default();
+    let target = task.workflow_ref.as_ref().ok_or("task has no workflowRef")?;
+    let depth = depth(run) + 1;
+    if depth > MAX_DEPTH {
+        return Err(format!("sub-workflows nest deeper than {MAX_DEPTH} levels"));
+    }
+    let child_params = target
+        .params
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), params::substitute(v, values)?)))
+        .collect::<Result<_, String>>()?;
+    let mut child = WorkflowInstance::new(
+        &naming::child(run_name, &task.name, attempt),
+        WorkflowInstanceSpec {
+            workflow_ref: WorkflowRef { name: target.name.clone() },
+            params: child_params,
+            suspend: run.spec.suspend,
+            ..Default::default()
+        },
+    );
+    child.metadata.namespace = run.metadata.namespace.clone();
+    child.metadata.labels = Some(
+        [
+            (LABEL_PARENT.to_string(), run_name.to_string()),
+            (LABEL_TASK.to_string(), task.name.clone()),
+            (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+        ]
+        .into(),
+    );
+    child.metadata.annotations = Some(
+        [(ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()), (ANNOTATION_DEPTH.to_string(), depth.to_string())].into(),
+    );
+    child.metadata.owner_references = Some(vec![owner_reference(run)]);
+    Ok(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PodTemplate, PodTemplateMetadata, TaskWorkflowRef};
+    use k8s_openapi::api::core::v1::EnvVar;
+
+    fn run(depth: Option<&str>) -> WorkflowInstance {
+        let mut r = WorkflowInstance::new("etl-1", WorkflowInstanceSpec::default());
+        r.metadata.namespace = Some("data".into());
+        r.metadata.uid = Some("uid-1".into());
+        if let Some(d) = depth {
+            r.metadata.annotations = Some([(ANNOTATION_DEPTH.to_string(), d.to_string())].into());
+        }
+        r
+    }
+
+    fn values() -> BTreeMap<String, String> {
+        [("date".to_string(), "2026-01-01".to_string())].into()
+    }
+
+    #[test]
+    fn pod_has_fixed_name_labels_owner_and_params() {
+        let task = TaskSpec {
+            name: "extract".into(),
+            container: Some(Container {
+                name: "main".into(),
+                command: Some(vec!["echo {{params.date}}".into()]),
+                env: Some(vec![EnvVar { name: "D".into(), value: Some("{{params.date}}".into()), ..Default::default() }]),
+                ..Default::default()
+            }),
+            pod_template: Some(PodTemplate {
+                metadata: Some(PodTemplateMetadata {
+                    labels: [(LABEL_TASK.to_string(), "spoofed".to_string())].into(),
+                    annotations: [("baton.dev/sim-duration".to_string(), "2s".to_string())].into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = pod(&run(None), &task, 1, &values(), 7).unwrap();
+        assert_eq!(p.metadata.name.as_deref(), Some("etl-1-extract-1"));
+        let labels = p.metadata.labels.unwrap();
+        assert_eq!(labels[LABEL_INSTANCE], "etl-1");
+        assert_eq!(labels[LABEL_TASK], "extract", "baton's labels win");
+        assert_eq!(labels[LABEL_ATTEMPT], "1");
+        let ann = p.metadata.annotations.unwrap();
+        assert_eq!(ann[ANNOTATION_OWNER_EPOCH], "7");
+        assert_eq!(ann["baton.dev/sim-duration"], "2s");
+        let owner = &p.metadata.owner_references.unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("WorkflowInstance", "uid-1", Some(true)));
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.containers[0].command.as_ref().unwrap()[0], "echo 2026-01-01");
+        assert_eq!(spec.containers[0].env.as_ref().unwrap()[0].value.as_deref(), Some("2026-01-01"));
+    }
+
+    #[test]
+    fn child_run_is_named_labelled_and_depth_bounded() {
+        let task = TaskSpec {
+            name: "load".into(),
+            workflow_ref: Some(TaskWorkflowRef { name: "wh".into(), params: [("day".to_string(), "{{params.date}}".to_string())].into() }),
+            ..Default::default()
+        };
+        let c = child(&run(Some("3")), &task, 0, &values(), 2).unwrap();
+        assert_eq!(c.metadata.name.as_deref(), Some("etl-1-load"));
+        assert_eq!(c.spec.params["day"], "2026-01-01");
+        assert_eq!(c.metadata.labels.as_ref().unwrap()[LABEL_PARENT], "etl-1");
+        assert_eq!(depth(&c), 4);
+        assert_eq!(child(&run(None), &task, 2, &values(), 2).unwrap().metadata.name.as_deref(), Some("etl-1-load-2"));
+        let err = child(&run(Some("8")), &task, 0, &values(), 2).unwrap_err();
+        assert!(err.contains("deeper than 8"), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+use super::*;
+use crate::api::{RetryPolicy, TaskSpec, TaskWorkflowRef};
+use k8s_openapi::api::core::v1::Container;
+
+fn task(name: &str, deps: &[&str]) -> TaskSpec {
+    TaskSpec {
+        name: name.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        container: Some(Container { name: "main".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn diamond() -> WorkflowSpec {
+    WorkflowSpec {
+        tasks: vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])],
+        ..Default::default()
+    }
+}
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+/// A run being driven through plans, with a fake world of pods.
+struct Sim {
+    workflow: WorkflowSpec,
+    dag: Dag,
+    spec: WorkflowInstanceSpec,
+    status: WorkflowInstanceStatus,
+    observed: Observed,
+    generation: i64,
+}
+
+impl Sim {
+    fn new(workflow: WorkflowSpec) -> Self {
+        let dag = Dag::new(&workflow.tasks).unwrap();
+        Sim { workflow, dag, spec: Default::default(), status: Default::default(), observed: Default::default(), generation: 1 }
+    }
+
+    fn step(&mut self, now: i64) -> Plan {
+        let plan = plan(&Input {
+            run_name: "r",
+            generation: self.generation,
+            spec: &self.spec,
+            status: &self.status,
+            workflow: &self.workflow,
+            dag: &self.dag,
+            observed: &self.observed,
+            now: at(now),
+        });
+        self.status = plan.status.clone();
+        // Carry out the actions the way the API would.
+        for a in &plan.actions {
+            match a {
+                Action::CreatePod { task, attempt } => self.observed.pods.push(ObservedPod {
+                    name: naming::pod("r", task, *attempt),
+                    task: task.clone(),
+                    state: PodState::Running,
+                    exit_code: None,
+                    reason: None,
+                    deleting: false,
+                }),
+                Action::DeletePod { name } => self.observed.pods.retain(|p| &p.name != name),
+                Action::CreateChild { task, attempt } => self.observed.children.push(ObservedChild {
+                    name: naming::child("r", task, *attempt),
+                    task: task.clone(),
+                    phase: None,
+                    suspend: false,
+                    shutdown: Shutdown::None,
+                }),
+                Action::SteerChild { name, suspend, shutdown } => {
+                    let c = self.observed.children.iter_mut().find(|c| &c.name == name).unwrap();
+                    c.suspend = *suspend;
+                    c.shutdown = *shutdown;
+                }
+            }
+        }
+        plan
+    }
+
+    fn end_pod(&mut self, name: &str, code: i32) {
+        let p = self.observed.pods.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"));
+        p.state = if code == 0 { PodState::Succeeded } else { PodState::Failed };
+        p.exit_code = Some(code);
+    }
+
+    fn phase(&self, task: &str) -> TaskPhase {
+        self.status.tasks.iter().find(|t| t.name == task).unwrap().phase
+    }
+
+    fn running_pods(&self) -> Vec<&str> {
+        self.observed.pods.iter().filter(|p| p.state == PodState::Running).map(|p| p.name.as_str()).collect()
+    }
+}
+
+#[test]
+fn diamond_runs_to_success_with_parallelism() {
+    let mut wf = diamond();
+    wf.parallelism = Some(1);
+    let mut sim = Sim::new(wf);
+    let plan = sim.step(0);
+    assert_eq!(plan.actions, [Action::CreatePod { task: "a".into(), attempt: 0 }]);
+    assert_eq!(sim.status.phase, Some(RunPhase::Running));
+    sim.end_pod("r-a-0", 0);
+    sim.step(1);
+    assert_eq!(sim.running_pods(), ["r-b-0"], "parallelism 1 starts one of b, c");
+    sim.end_pod("r-b-0", 0);
+    sim.step(2);
+    sim.end_pod("r-c-0", 0);
+    sim.step(3);
+    sim.end_pod("r-d-0", 0);
+    let plan = sim.step(4);
+    assert_eq!(sim.status.phase, Some(RunPhase::Succeeded));
+    assert_eq!(sim.status.progress.as_deref(), Some("4/4"));
+    assert!(plan.actions.is_empty());
+    assert_eq!(sim.step(5).status, sim.status, "a finished run is stable");
+}
+
+#[test]
+fn a_new_owner_completes_recorded_intents() {
+    let mut sim = Sim::new(diamond());
+    sim.step(0);
+    // The pod was never created (owner died after the status write).
+    sim.observed.pods.clear();
+    let plan = sim.step(1);
+    assert_eq!(plan.actions, [Action::CreatePod { task: "a".into(), attempt: 0 }]);
+    assert_eq!(sim.status.tasks[0].attempts, 1, "no second attempt is started");
+}
+
+#[test]
+fn failed_attempt_is_retried_after_backoff_in_a_new_pod() {
+    let mut wf = diamond();
+    wf.tasks[0].retries = Some(RetryPolicy { limit: 1, backoff_seconds: 10 });
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    sim.end_pod("r-a-0", 3);
+    let plan = sim.step(1);
+    assert_eq!(sim.phase("a"), TaskPhase::Pending);
+    assert_eq!(sim.status.tasks[0].exit_code, Some(3));
+    assert!(plan.events.iter().any(|e| e.reason == "TaskRetry"));
+    assert_eq!(plan.requeue_after, Some(Duration::from_millis(10_050)));
+    assert!(sim.step(5).actions.is_empty(), "still backing off");
+    assert_eq!(sim.step(11).actions, [Action::CreatePod { task: "a".into(), attempt: 1 }]);
+    sim.end_pod("r-a-1", 1);
+    sim.step(12);
+    assert_eq!(sim.phase("a"), TaskPhase::Failed);
+    assert_eq!(sim.status.phase, Some(RunPhase::Failed));
+    assert_eq!(sim.phase("d"), TaskPhase::Skipped);
+}
+
+#[test]
+fn timeout_fails_the_attempt_and_deletes_its_pod() {
+    let mut wf = diamond();
+    wf.tasks[0].timeout_seconds = Some(30);
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    assert_eq!(sim.step(29).actions, []);
+    let plan = sim.step(30);
+    assert_eq!(plan.actions, [Action::DeletePod { name: "r-a-0".into() }]);
+    assert_eq!(sim.phase("a"), TaskPhase::Failed);
+    assert!(sim.status.tasks[0].message.as_deref().unwrap().contains("timed out after 30s"));
+}
+
+#[test]
+fn fail_fast_false_lets_independent_branches_finish() {
+    let mut wf = diamond();
+    wf.fail_fast = Some(false);
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    sim.end_pod("r-a-0", 0);
+    sim.step(1);
+    sim.end_pod("r-b-0", 2);
+    sim.step(2);
+    assert_eq!(sim.phase("b"), TaskPhase::Failed);
+    assert_eq!(sim.phase("c"), TaskPhase::Running, "c goes on");
+    assert_eq!(sim.phase("d"), TaskPhase::Skipped);
+    sim.end_pod("r-c-0", 0);
+    sim.step(3);
+    assert_eq!(sim.phase("c"), TaskPhase::Succeeded);
+    assert_eq!(sim.status.phase, Some(RunPhase::Failed));
+}
+
+#[test]
+fn fail_fast_stops_running_tasks() {
+    let mut sim = Sim::new(diamond());
+    sim.step(0);
+    sim.end_pod("r-a-0", 0);
+    sim.step(1);
+    sim.end_pod("r-b-0", 2);
+    let plan = sim.step(2);
+    assert_eq!(plan.actions, [Action::DeletePod { name: "r-c-0".into() }]);
+    assert_eq!(sim.phase("c"), TaskPhase::Stopped);
+    assert_eq!(sim.status.phase, Some(RunPhase::Failed));
+}
+
+#[test]
+fn suspend_pauses_and_resume_continues() {
+    let mut sim = Sim::new(diamond());
+    sim.step(0);
+    sim.spec.suspend = true;
+    sim.generation = 2;
+    let plan = sim.step(1);
+    assert_eq!(sim.status.phase, Some(RunPhase::Paused));
+    assert_eq!(sim.status.observed_generation, Some(2));
+    assert!(plan.events.iter().any(|e| e.reason == "Paused"));
+    sim.end_pod("r-a-0", 0);
+    sim.step(2);
+    assert_eq!(sim.phase("a"), TaskPhase::Succeeded, "running tasks finish");
+    assert_eq!(sim.phase("b"), TaskPhase::Pending, "no new task starts");
+    sim.spec.suspend = false;
+    sim.step(3);
+    assert_eq!(sim.status.phase, Some(RunPhase::Running));
+    assert_eq!(sim.phase("b"), TaskPhase::Running);
+}
+
+#[test]
+fn shutdown_stops_everything_even_before_start() {
+    let mut sim = Sim::new(diamond());
+    sim.step(0);
+    sim.spec.shutdown = Shutdown::Stop;
+    let plan = sim.step(1);
+    assert_eq!(plan.actions, [Action::DeletePod { name: "r-a-0".into() }]);
+    assert_eq!(sim.status.phase, Some(RunPhase::Stopped));
+    assert!(sim.status.tasks.iter().all(|t| t.phase == TaskPhase::Stopped));
+
+    let mut early = Sim::new(diamond());
+    early.spec.shutdown = Shutdown::Terminate;
+    let plan = early.step(0);
+    assert!(plan.actions.is_empty(), "nothing starts");
+    assert_eq!(early.status.phase, Some(RunPhase::Stopped));
+}
+
+#[test]
+fn retry_failed_reruns_failed_skipped_and_stopped_tasks() {
+    let mut sim = Sim::new(diamond());
+    sim.step(0);
+    sim.end_pod("r-a-0", 1);
+    sim.step(1);
+    assert_eq!(sim.status.phase, Some(RunPhase::Failed));
+    sim.spec.retry_failed = 1;
+    let plan = sim.step(2);
+    assert_eq!(sim.status.phase, Some(RunPhase::Running));
+    assert_eq!(plan.actions, [Action::CreatePod { task: "a".into(), attempt: 1 }]);
+    assert_eq!(sim.status.retry_failed_applied, Some(1));
+    assert!(sim.status.finished_at.is_none());
+    sim.end_pod("r-a-1", 0);
+    for t in 3..6 {
+        sim.step(t);
+        for p in sim.running_pods().iter().map(|s| s.to_string()).collect::<Vec<_>>() {
+            sim.end_pod(&p, 0);
+        }
+    }
+    sim.step(7);
+    assert_eq!(sim.status.phase, Some(RunPhase::Succeeded));
+    assert_eq!(sim.step(8).events, [], "the same retryFailed is applied once");
+}
+
+#[test]
+fn run_deadline_fails_the_run() {
+    let mut wf = diamond();
+    wf.active_deadline_seconds = Some(60);
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    let plan = sim.step(60);
+    assert_eq!(sim.status.phase, Some(RunPhase::Failed));
+    assert_eq!(plan.actions, [Action::DeletePod { name: "r-a-0".into() }]);
+    assert!(plan.events.iter().any(|e| e.reason == "DeadlineExceeded" && e.warning));
+}
+
+#[test]
+fn child_run_follows_and_is_steered() {
+    let mut wf = diamond();
+    wf.tasks[0].container = None;
+    wf.tasks[0].workflow_ref = Some(TaskWorkflowRef { name: "sub".into(), ..Default::default() });
+    let mut sim = Sim::new(wf);
+    let plan = sim.step(0);
+    assert_eq!(plan.actions, [Action::CreateChild { task: "a".into(), attempt: 0 }]);
+    assert_eq!(sim.status.tasks[0].child_instance.as_deref(), Some("r-a"));
+    sim.spec.suspend = true;
+    assert_eq!(
+        sim.step(1).actions,
+        [Action::SteerChild { name: "r-a".into(), suspend: true, shutdown: Shutdown::None }]
+    );
+    sim.spec.suspend = false;
+    sim.step(2);
+    sim.observed.children[0].phase = Some(RunPhase::Succeeded);
+    sim.step(3);
+    assert_eq!(sim.phase("a"), TaskPhase::Succeeded);
+    sim.spec.shutdown = Shutdown::Stop;
+    sim.step(4);
+    assert_eq!(sim.status.phase, Some(RunPhase::Stopped));
+}
+
+#[test]
+fn parent_shutdown_reaches_running_child() {
+    let mut wf = diamond();
+    wf.tasks[0].container = None;
+    wf.tasks[0].workflow_ref = Some(TaskWorkflowRef { name: "sub".into(), ..Default::default() });
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    sim.spec.shutdown = Shutdown::Stop;
+    let plan = sim.step(1);
+    assert_eq!(plan.actions, [Action::SteerChild { name: "r-a".into(), suspend: false, shutdown: Shutdown::Stop }]);
+}
