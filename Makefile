@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: all build crds test test-unit test-e2e bench demo cluster-up cluster-down clean
+.PHONY: all build crds test bench demo demo-down cluster-up cluster-down clean
 
 all: build
 
@@ -14,13 +14,25 @@ build:
 crds:
 	$(CARGO) run --quiet --bin crdgen -- crds
 
-## Every test: unit, property, CRD-in-sync, offline validation of the samples, end-to-end.
-test: test-unit
+## Every test: unit, property, CRD-in-sync, offline validation, end-to-end
+## against the local control plane (built on first use).
+test: cluster-up
+	$(CARGO) test --all-targets -- --test-threads 4
 	$(CARGO) run --quiet --bin baton -- validate config/samples/*.yaml
-	kubectl apply --dry-run=client --validate=false -f crds/ >/dev/null
+	KUBECONFIG=$(CURDIR)/target/e2e/kubeconfig kubectl apply --dry-run=server -f crds/
 
-test-unit:
-	$(CARGO) test --all-targets
+## The local control plane, three controllers, the samples and a failover.
+demo:
+	e2e/demo
+
+demo-down:
+	e2e/demo down
+
+cluster-up:
+	e2e/cluster up >/dev/null
+
+cluster-down:
+	e2e/cluster down
 
 bench:
 	$(CARGO) bench --bench validate

@@ -39,6 +39,10 @@ fn main() {
         let start = Instant::now();
         let ready = dag.ready(&phases).count();
         let ready_time = start.elapsed();
-        println!("validate {n:>5} tasks: {:>8.3} ms per run ({rounds} runs); ready set ({ready} tasks) in {:.3} ms", per.as_secs_f64() * 1e3, ready_time.as_secs_f64() * 1e3);
+        println!(
+            "validate {n:>5} tasks: {:>8.3} ms per run ({rounds} runs); ready set ({ready} tasks) in {:.3} ms",
+            per.as_secs_f64() * 1e3,
+            ready_time.as_secs_f64() * 1e3
+        );
     }
 }

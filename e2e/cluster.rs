@@ -20,11 +20,7 @@ async fn final_phase(pods: &Api<Pod>, name: &str) -> (String, Option<i32>, Strin
         let pod = pods.get(name).await.map_err(|e| e.to_string())?;
         let status = pod.status.unwrap_or_default();
         let phase = status.phase.clone().unwrap_or_default();
-        let code = status
-            .container_statuses
-            .iter()
-            .flatten()
-            .find_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code));
+        let code = status.container_statuses.iter().flatten().find_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code));
         let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" { Ok((phase, code, node)) } else { Err(phase) }
     })

@@ -34,14 +34,13 @@ async fn owner_index(ns: &TestNs, name: &str, controllers: &[&ControllerProc]) -
 /// (task, attempt) appears twice and returns the epochs seen.
 async fn pod_epochs(ns: &TestNs, name: &str) -> Vec<(String, i64)> {
     let pods = pods_of(ns, name).await;
-    let mut keys: Vec<String> = pods.iter().map(|p| format!("{}/{}", p.labels()["baton.dev/task"], p.labels()["baton.dev/attempt"])).collect();
+    let mut keys: Vec<String> =
+        pods.iter().map(|p| format!("{}/{}", p.labels()["baton.dev/task"], p.labels()["baton.dev/attempt"])).collect();
     keys.sort();
     let before = keys.len();
     keys.dedup();
     assert_eq!(before, keys.len(), "at most one pod per (task, attempt)");
-    pods.iter()
-        .map(|p| (p.name_any(), p.annotations()["baton.dev/owner-epoch"].parse().unwrap()))
-        .collect()
+    pods.iter().map(|p| (p.name_any(), p.annotations()["baton.dev/owner-epoch"].parse().unwrap())).collect()
 }
 
 #[tokio::test]
@@ -81,6 +80,13 @@ async fn killed_owner_fails_over_and_the_run_finishes_without_duplicates() {
     let epochs = pod_epochs(&ns, "r1").await;
     assert_eq!(epochs.len(), 3, "{epochs:?}");
     assert!(epochs.iter().any(|(_, e)| *e == 2), "the new owner created the later pods: {epochs:?}");
+
+    // The killed controller comes back under the same identity and works.
+    c[i].restart();
+    ns.apply(&run("r2", "chain", ""));
+    let second = wait_phase(&ns, "r2", |p| p.is_terminal()).await;
+    assert_eq!(second.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+    c.iter().for_each(ControllerProc::assert_no_panic);
     ns.done().await;
 }
 
@@ -156,8 +162,16 @@ async fn frozen_owner_is_fenced_out_after_it_thaws() {
     c[i].thaw();
     let done = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
     assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
-    assert_eq!(owner(&done).unwrap(), (c[1 - i].identity.clone(), 2), "the thawed controller did not take the run back");
-    pod_epochs(&ns, "r1").await;
+    // The thawed controller may get the run back, but only by handoff from
+    // the live owner, with a new epoch; never by a stale write of epoch 1.
+    let history = &done.status.as_ref().unwrap().owner_history;
+    let epochs: Vec<i64> = history.iter().map(|h| h.epoch).collect();
+    assert!(epochs.windows(2).all(|w| w[1] == w[0] + 1), "one owner per epoch, never going down: {history:?}");
+    assert_eq!((history[1].controller.as_str(), history[1].reason), (c[1 - i].identity.as_str(), OwnerChangeReason::Failover));
+    assert!(history[2..].iter().all(|h| h.reason == OwnerChangeReason::Handoff), "{history:?}");
+    for (pod, epoch) in pod_epochs(&ns, "r1").await {
+        assert!(epoch >= 1 && epoch <= *epochs.last().unwrap(), "{pod} created at epoch {epoch}");
+    }
     ns.done().await;
 }
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use baton::api::{RunPhase, TaskPhase, WorkflowInstance};
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
 use crate::support::{TestNs, wait_for};
 
@@ -29,7 +29,9 @@ pub fn workflow(name: &str, settings: &str, tasks: &[String]) -> String {
 }
 
 pub fn run(name: &str, workflow: &str, params: &str) -> String {
-    format!("apiVersion: baton.dev/v1alpha1\nkind: WorkflowInstance\nmetadata: {{name: {name}}}\nspec: {{workflowRef: {{name: {workflow}}}, params: {{{params}}}}}\n")
+    format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: WorkflowInstance\nmetadata: {{name: {name}}}\nspec: {{workflowRef: {{name: {workflow}}}, params: {{{params}}}}}\n"
+    )
 }
 
 pub fn diamond(name: &str, duration: &str) -> String {
@@ -74,7 +76,14 @@ fn task_status(run: &WorkflowInstance, name: &str) -> baton::api::TaskStatus {
 
 async fn events_of(ns: &TestNs, run: &str) -> Vec<Event> {
     let events: Api<Event> = ns.api();
-    events.list(&ListParams::default()).await.unwrap().items.into_iter().filter(|e| e.involved_object.name.as_deref() == Some(run)).collect()
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(run))
+        .collect()
 }
 
 #[tokio::test]
@@ -141,7 +150,11 @@ async fn failing_task_is_retried_then_fails_the_run() {
 async fn pause_resume_and_stop() {
     let ns = TestNs::new("requests").await;
     let _c = ns.controller("c1");
-    ns.apply(&workflow("chain", "", &[task("one", &[], "3s", 0, ""), task("two", &["one"], "3s", 0, ""), task("three", &["two"], "30s", 0, "")]));
+    ns.apply(&workflow(
+        "chain",
+        "",
+        &[task("one", &[], "3s", 0, ""), task("two", &["one"], "3s", 0, ""), task("three", &["two"], "30s", 0, "")],
+    ));
     ns.apply(&run("p1", "chain", ""));
     wait_phase(&ns, "p1", |p| p == RunPhase::Running).await;
     patch_spec(&ns, "p1", serde_json::json!({"suspend": true})).await;
@@ -217,7 +230,9 @@ async fn missing_or_invalid_workflow_fails_the_run_visibly() {
     ns.apply(&run("nowf", "does-not-exist", ""));
     ns.apply(&workflow("cyclic", "", &[task("a", &["b"], "1s", 0, ""), task("b", &["a"], "1s", 0, "")]));
     ns.apply(&run("cyc", "cyclic", ""));
-    for (name, reason, text) in [("nowf", "WorkflowNotFound", "does not exist"), ("cyc", "InvalidWorkflow", "dependency cycle: a -> b -> a")] {
+    for (name, reason, text) in
+        [("nowf", "WorkflowNotFound", "does not exist"), ("cyc", "InvalidWorkflow", "dependency cycle: a -> b -> a")]
+    {
         let failed = wait_phase(&ns, name, |p| p.is_terminal()).await;
         let status = failed.status.unwrap();
         assert_eq!(status.phase, Some(RunPhase::Failed));

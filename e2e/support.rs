@@ -25,11 +25,7 @@ fn root() -> PathBuf {
 pub fn kubeconfig() -> &'static Path {
     static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
     KUBECONFIG.get_or_init(|| {
-        let status = Command::new(root().join("e2e/cluster"))
-            .arg("up")
-            .stdout(Stdio::null())
-            .status()
-            .expect("run e2e/cluster up");
+        let status = Command::new(root().join("e2e/cluster")).arg("up").stdout(Stdio::null()).status().expect("run e2e/cluster up");
         assert!(status.success(), "e2e/cluster up failed; see target/e2e/logs/");
         root().join("target/e2e/kubeconfig")
     })
@@ -193,8 +189,10 @@ impl ControllerProc {
         }
     }
 
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    /// Fails the test if the controller's log shows a panic.
+    pub fn assert_no_panic(&self) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(!log.contains("panicked"), "controller {} panicked; see {}", self.identity, self.log.display());
     }
 }
 

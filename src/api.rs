@@ -6,6 +6,9 @@
 //! list-map uniqueness, CEL rules). Checks that need the whole graph or other
 //! objects live in [`crate::dag`].
 
+// kube-derive expands each printcolumn(...) into attributes clippy takes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, Container, PodSecurityContext, Toleration, Volume};
@@ -384,14 +387,8 @@ impl RunPhase {
             RunPhase::Stopped => "Stopped",
         }
     }
-    pub const ALL: [RunPhase; 6] = [
-        RunPhase::Pending,
-        RunPhase::Running,
-        RunPhase::Paused,
-        RunPhase::Succeeded,
-        RunPhase::Failed,
-        RunPhase::Stopped,
-    ];
+    pub const ALL: [RunPhase; 6] =
+        [RunPhase::Pending, RunPhase::Running, RunPhase::Paused, RunPhase::Succeeded, RunPhase::Failed, RunPhase::Stopped];
 }
 
 /// Phase of one task in a run.

@@ -118,10 +118,7 @@ fn now() -> Time {
 fn set_condition(conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) {
     let status = if ok { "True" } else { "False" };
     let previous = conditions.iter().position(|c| c.type_ == type_);
-    let since = previous
-        .map(|i| &conditions[i])
-        .filter(|c| c.status == status)
-        .map_or_else(now, |c| c.last_transition_time.clone());
+    let since = previous.map(|i| &conditions[i]).filter(|c| c.status == status).map_or_else(now, |c| c.last_transition_time.clone());
     let condition = Condition {
         type_: type_.into(),
         status: status.into(),
@@ -211,7 +208,12 @@ async fn claim(
     Ok(written)
 }
 
-async fn release(api: &Api<WorkflowInstance>, run: &WorkflowInstance, mut status: WorkflowInstanceStatus, ctx: &Context) -> Result<Requeue, Error> {
+async fn release(
+    api: &Api<WorkflowInstance>,
+    run: &WorkflowInstance,
+    mut status: WorkflowInstanceStatus,
+    ctx: &Context,
+) -> Result<Requeue, Error> {
     if let Some(owner) = status.owner.as_mut() {
         owner.controller.clear();
         owner.lease.clear();
@@ -283,11 +285,7 @@ async fn observe(ctx: &Context, ns: &str, run: &str) -> Result<Observed, Error> 
 
 fn observed_pod(pod: Pod) -> ObservedPod {
     let status = pod.status.clone().unwrap_or_default();
-    let terminated = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .find_map(|c| c.state.as_ref().and_then(|s| s.terminated.clone()));
+    let terminated = status.container_statuses.iter().flatten().find_map(|c| c.state.as_ref().and_then(|s| s.terminated.clone()));
     let state = match status.phase.as_deref() {
         Some("Succeeded") => PodState::Succeeded,
         Some("Failed") => PodState::Failed,
@@ -314,12 +312,20 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
         let wf_api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &ns);
         let wf_name = &run.spec.workflow_ref.name;
         let Some(wf) = wf_api.get_opt(wf_name).await? else {
-            return reject(api, &run, status, "WorkflowNotFound", format!("workflow {wf_name:?} does not exist in namespace {ns}"), ctx).await;
+            return reject(api, &run, status, "WorkflowNotFound", format!("workflow {wf_name:?} does not exist in namespace {ns}"), ctx)
+                .await;
         };
         if let Some(problems) = check_workflow(&wf_api, wf_name, &wf.spec, &run).await? {
             return reject(api, &run, status, "InvalidWorkflow", format!("workflow {wf_name}: {problems}"), ctx).await;
         }
-        set_condition(&mut status.conditions, "Valid", true, "WorkflowValid", format!("running workflow {wf_name}"), run.metadata.generation);
+        set_condition(
+            &mut status.conditions,
+            "Valid",
+            true,
+            "WorkflowValid",
+            format!("running workflow {wf_name}"),
+            run.metadata.generation,
+        );
         status.workflow_spec = Some(wf.spec);
     }
     let Some(workflow) = status.workflow_spec.clone() else {
@@ -415,7 +421,9 @@ async fn carry_out(
             Err(message) => return Ok(Err((task.clone(), message))),
         },
         Action::CreateChild { task, attempt } => match objects::child(run, task_spec(task), *attempt, values, epoch) {
-            Ok(child) => Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &child).await.map(|_| ()),
+            Ok(child) => {
+                Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &child).await.map(|_| ())
+            }
             Err(message) => return Ok(Err((task.clone(), message))),
         },
         Action::DeletePod { name } => {
@@ -457,7 +465,12 @@ async fn carry_out(
 }
 
 /// Marks tasks whose pod or child could not be created as Failed.
-async fn fail_tasks(api: &Api<WorkflowInstance>, run: WorkflowInstance, failures: Vec<(String, String)>, ctx: &Context) -> Result<Requeue, Error> {
+async fn fail_tasks(
+    api: &Api<WorkflowInstance>,
+    run: WorkflowInstance,
+    failures: Vec<(String, String)>,
+    ctx: &Context,
+) -> Result<Requeue, Error> {
     let mut status = run.status.clone().unwrap_or_default();
     for (task, message) in &failures {
         if let Some(t) = status.tasks.iter_mut().find(|t| &t.name == task) {

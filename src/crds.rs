@@ -18,10 +18,7 @@ pub fn render() -> Vec<(&'static str, String)> {
         trim_core_descriptions(&mut value);
         serde_yaml::to_string(&value).expect("a CRD always serializes")
     };
-    vec![
-        ("workflow.yaml", to_yaml(Workflow::crd())),
-        ("workflowinstance.yaml", to_yaml(WorkflowInstance::crd())),
-    ]
+    vec![("workflow.yaml", to_yaml(Workflow::crd())), ("workflowinstance.yaml", to_yaml(WorkflowInstance::crd()))]
 }
 
 fn trim_core_descriptions(value: &mut Value) {

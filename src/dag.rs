@@ -178,9 +178,7 @@ impl Dag {
     /// Tasks that may start now: Pending, with every dependency Succeeded.
     /// `phases` is indexed like the workflow's tasks.
     pub fn ready<'a>(&'a self, phases: &'a [TaskPhase]) -> impl Iterator<Item = usize> + 'a {
-        (0..self.len()).filter(move |&t| {
-            phases[t] == TaskPhase::Pending && self.deps[t].iter().all(|&d| phases[d] == TaskPhase::Succeeded)
-        })
+        (0..self.len()).filter(move |&t| phases[t] == TaskPhase::Pending && self.deps[t].iter().all(|&d| phases[d] == TaskPhase::Succeeded))
     }
 
     /// Tasks that can never start: Pending, with a dependency that ended
@@ -188,9 +186,7 @@ impl Dag {
     pub fn blocked<'a>(&'a self, phases: &'a [TaskPhase]) -> impl Iterator<Item = usize> + 'a {
         (0..self.len()).filter(move |&t| {
             phases[t] == TaskPhase::Pending
-                && self.deps[t]
-                    .iter()
-                    .any(|&d| matches!(phases[d], TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped))
+                && self.deps[t].iter().any(|&d| matches!(phases[d], TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped))
         })
     }
 }
@@ -220,11 +216,8 @@ pub fn validate(spec: &WorkflowSpec) -> Vec<Problem> {
         }
     }
     for task in &spec.tasks {
-        let unknown: BTreeSet<&str> = templated_texts(task)
-            .into_iter()
-            .flat_map(params::references)
-            .filter(|name| !declared.contains(name))
-            .collect();
+        let unknown: BTreeSet<&str> =
+            templated_texts(task).into_iter().flat_map(params::references).filter(|name| !declared.contains(name)).collect();
         for name in unknown {
             problems.push(Problem::task(
                 &task.name,
@@ -259,10 +252,7 @@ pub fn resolve_params(spec: &WorkflowSpec, supplied: &BTreeMap<String, String>) 
             Some(v) => {
                 values.insert(p.name.clone(), v.clone());
             }
-            None => problems.push(Problem::workflow(format!(
-                "parameter {:?} has no default and the run does not supply it",
-                p.name
-            ))),
+            None => problems.push(Problem::workflow(format!("parameter {:?} has no default and the run does not supply it", p.name))),
         }
     }
     for name in supplied.keys().filter(|n| !spec.params.iter().any(|p| &p.name == *n)) {
@@ -281,12 +271,7 @@ where
 {
     let mut visited = BTreeSet::new();
     let mut path = vec![start.to_string()];
-    fn walk<F: Fn(&str) -> Option<Vec<String>>>(
-        start: &str,
-        path: &mut Vec<String>,
-        visited: &mut BTreeSet<String>,
-        refs: &F,
-    ) -> bool {
+    fn walk<F: Fn(&str) -> Option<Vec<String>>>(start: &str, path: &mut Vec<String>, visited: &mut BTreeSet<String>, refs: &F) -> bool {
         let current = path.last().cloned().expect("path is never empty");
         for next in refs(&current).unwrap_or_default() {
             if next == start {
@@ -309,12 +294,7 @@ where
 /// The workflows a spec's tasks refer to, in task order, without repeats.
 pub fn referenced_workflows(spec: &WorkflowSpec) -> Vec<String> {
     let mut seen = BTreeSet::new();
-    spec.tasks
-        .iter()
-        .filter_map(|t| t.workflow_ref.as_ref())
-        .filter(|r| seen.insert(r.name.clone()))
-        .map(|r| r.name.clone())
-        .collect()
+    spec.tasks.iter().filter_map(|t| t.workflow_ref.as_ref()).filter(|r| seen.insert(r.name.clone())).map(|r| r.name.clone()).collect()
 }
 
 #[cfg(test)]
@@ -343,12 +323,8 @@ mod tests {
 
     #[test]
     fn diamond_is_valid_and_ready_follows_dependencies() {
-        let tasks = vec![
-            container_task("a", &[]),
-            container_task("b", &["a"]),
-            container_task("c", &["a"]),
-            container_task("d", &["b", "c"]),
-        ];
+        let tasks =
+            vec![container_task("a", &[]), container_task("b", &["a"]), container_task("c", &["a"]), container_task("d", &["b", "c"])];
         assert!(validate(&spec(tasks.clone())).is_empty());
         let dag = Dag::new(&tasks).unwrap();
         use TaskPhase::*;
@@ -377,13 +353,7 @@ mod tests {
     #[test]
     fn missing_and_self_dependencies() {
         let m = messages(&spec(vec![container_task("a", &["a"]), container_task("b", &["nope"])]));
-        assert_eq!(
-            m,
-            [
-                "task \"a\": depends on itself",
-                "task \"b\": depends on \"nope\", which is not a task of this workflow"
-            ]
-        );
+        assert_eq!(m, ["task \"a\": depends on itself", "task \"b\": depends on \"nope\", which is not a task of this workflow"]);
     }
 
     #[test]
@@ -418,10 +388,8 @@ mod tests {
         c.env = Some(vec![EnvVar { name: "X".into(), value: Some("{{params.envnope}}".into()), ..Default::default() }]);
         let mut child = container_task("child", &[]);
         child.container = None;
-        child.workflow_ref = Some(TaskWorkflowRef {
-            name: "w".into(),
-            params: [("p".to_string(), "{{params.childnope}}".to_string())].into(),
-        });
+        child.workflow_ref =
+            Some(TaskWorkflowRef { name: "w".into(), params: [("p".to_string(), "{{params.childnope}}".to_string())].into() });
         let mut s = spec(vec![t, child]);
         s.params = vec![ParamSpec { name: "date".into(), default: Some("x".into()), ..Default::default() }];
         let m = messages(&s);

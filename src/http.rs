@@ -17,17 +17,11 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     membership: Membership,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
-    let app = Router::new()
-        .route("/metrics", get(move || async move { metrics.render() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
+    let app =
+        Router::new().route("/metrics", get(move || async move { metrics.render() })).route("/healthz", get(|| async { "ok" })).route(
             "/readyz",
             get(move || async move {
-                if membership.valid() {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "lease not held")
-                }
+                if membership.valid() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "lease not held") }
             }),
         );
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
@@ -165,7 +165,9 @@ impl LeaseHandle {
     }
 }
 
-/// Creates or takes over our Lease once, so we are valid when this returns.
+/// Creates or takes over our Lease once, so we are valid when this returns,
+/// and lists the peers' Leases, so the first live set already has them (an
+/// empty one would hash every run to us and make us claim live peers' runs).
 pub async fn start(client: Client, config: LeaseConfig) -> Result<(Membership, LeaseTask), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let (changes, _) = watch::channel(0);
@@ -179,6 +181,9 @@ pub async fn start(client: Client, config: LeaseConfig) -> Result<(Membership, L
     let membership = Membership(Arc::new(Shared { config, state: Mutex::new(state), changes, stop }));
     let written_at = tokio::time::Instant::now();
     let lease = write(&api, &membership, None).await?;
+    for peer in api.list(&ListParams::default().labels(&selector())).await? {
+        observe(&membership, &peer);
+    }
     membership.publish();
     Ok((membership.clone(), LeaseTask { membership, api, lease, written_at }))
 }
@@ -275,8 +280,7 @@ async fn renew_loop(api: &Api<Lease>, membership: &Membership, mut lease: Lease,
 async fn watch_loop(api: &Api<Lease>, membership: &Membership) {
     let config = &membership.0.config;
     let mut stop = membership.0.stop.subscribe();
-    let selector = format!("{CONTROLLER_LABEL}=true");
-    let mut events = watcher(api.clone(), watcher::Config::default().labels(&selector)).default_backoff().boxed();
+    let mut events = watcher(api.clone(), watcher::Config::default().labels(&selector())).default_backoff().boxed();
     let mut relisted = HashSet::new();
     loop {
         let wake = tokio::time::Instant::from_std(membership.next_wake(Instant::now()));
@@ -298,6 +302,10 @@ async fn watch_loop(api: &Api<Lease>, membership: &Membership) {
         }
         membership.publish();
     }
+}
+
+fn selector() -> String {
+    format!("{CONTROLLER_LABEL}=true")
 }
 
 fn observe(membership: &Membership, lease: &Lease) {
@@ -331,7 +339,12 @@ mod tests {
     use super::*;
 
     fn config() -> LeaseConfig {
-        LeaseConfig { identity: "c-0".into(), namespace: "ns".into(), lease_duration: Duration::from_millis(1500), renew_interval: Duration::from_secs(1) }
+        LeaseConfig {
+            identity: "c-0".into(),
+            namespace: "ns".into(),
+            lease_duration: Duration::from_millis(1500),
+            renew_interval: Duration::from_secs(1),
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::api::RunPhase;
 use crate::api::OwnerChangeReason;
+use crate::api::RunPhase;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
@@ -89,7 +89,11 @@ impl Default for Metrics {
         registry.register("task_retries", "Task attempts retried", m.task_retries.clone());
         registry.register("claims", "Runs claimed, by reason", m.claims.clone());
         registry.register("releases", "Runs released to another controller", m.releases.clone());
-        registry.register("fenced_writes_refused", "Writes not made because this controller was no longer the owner", m.fenced_writes_refused.clone());
+        registry.register(
+            "fenced_writes_refused",
+            "Writes not made because this controller was no longer the owner",
+            m.fenced_writes_refused.clone(),
+        );
         registry.register("adopted", "Pods and child runs found existing at create (AlreadyExists) and adopted", m.adopted.clone());
         Metrics { registry, ..m }
     }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use kube::{Resource, ResourceExt};
 use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
 
 use crate::api::{TaskSpec, WorkflowInstance, WorkflowInstanceSpec, WorkflowRef};
 use crate::{naming, params};
@@ -100,11 +100,7 @@ pub fn child(
     if depth > MAX_DEPTH {
         return Err(format!("sub-workflows nest deeper than {MAX_DEPTH} levels"));
     }
-    let child_params = target
-        .params
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), params::substitute(v, values)?)))
-        .collect::<Result<_, String>>()?;
+    let child_params = target.params.iter().map(|(k, v)| Ok((k.clone(), params::substitute(v, values)?))).collect::<Result<_, String>>()?;
     let mut child = WorkflowInstance::new(
         &naming::child(run_name, &task.name, attempt),
         WorkflowInstanceSpec {
@@ -123,9 +119,8 @@ pub fn child(
         ]
         .into(),
     );
-    child.metadata.annotations = Some(
-        [(ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()), (ANNOTATION_DEPTH.to_string(), depth.to_string())].into(),
-    );
+    child.metadata.annotations =
+        Some([(ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()), (ANNOTATION_DEPTH.to_string(), depth.to_string())].into());
     child.metadata.owner_references = Some(vec![owner_reference(run)]);
     Ok(child)
 }

@@ -36,10 +36,7 @@ fn splitmix64(x: u64) -> u64 {
 /// that left, or the keys the new member wins. Ties go to the smaller name,
 /// so the answer never depends on the order of `members`.
 pub fn rendezvous<'a>(key: &str, members: &'a [String]) -> Option<&'a str> {
-    members
-        .iter()
-        .max_by(|a, b| weight(a, key).cmp(&weight(b, key)).then_with(|| b.cmp(a)))
-        .map(String::as_str)
+    members.iter().max_by(|a, b| weight(a, key).cmp(&weight(b, key)).then_with(|| b.cmp(a))).map(String::as_str)
 }
 
 #[derive(Debug, Clone)]

@@ -34,9 +34,7 @@ pub fn substitute(text: &str, values: &BTreeMap<String, String>) -> Result<Strin
     let mut last = 0;
     for (range, expr) in occurrences(text) {
         let Some(name) = expr.strip_prefix(PREFIX) else { continue };
-        let value = values
-            .get(name)
-            .ok_or_else(|| format!("parameter {name:?} has no value"))?;
+        let value = values.get(name).ok_or_else(|| format!("parameter {name:?} has no value"))?;
         out.push_str(&text[last..range.start]);
         out.push_str(value);
         last = range.end;

@@ -58,12 +58,24 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Create the pod of the task's current attempt (adopt on AlreadyExists).
-    CreatePod { task: String, attempt: i32 },
+    CreatePod {
+        task: String,
+        attempt: i32,
+    },
     /// Create the child run of the task's current attempt (adopt on AlreadyExists).
-    CreateChild { task: String, attempt: i32 },
-    DeletePod { name: String },
+    CreateChild {
+        task: String,
+        attempt: i32,
+    },
+    DeletePod {
+        name: String,
+    },
     /// Bring a child run's requests in line with the parent's.
-    SteerChild { name: String, suspend: bool, shutdown: Shutdown },
+    SteerChild {
+        name: String,
+        suspend: bool,
+        shutdown: Shutdown,
+    },
 }
 
 /// An Event to record on the run once the status write succeeded.
@@ -206,9 +218,7 @@ impl Step<'_> {
             } else if let Some(child) = t.child_instance.as_ref().and_then(|n| observed.children.iter().find(|c| &c.name == n)) {
                 match child.phase {
                     Some(RunPhase::Succeeded) => Some(Ok(None)),
-                    Some(p @ (RunPhase::Failed | RunPhase::Stopped)) => {
-                        Some(Err(format!("child run {} ended {}", child.name, p.as_str())))
-                    }
+                    Some(p @ (RunPhase::Failed | RunPhase::Stopped)) => Some(Err(format!("child run {} ended {}", child.name, p.as_str()))),
                     _ => None,
                 }
             } else {
@@ -246,10 +256,7 @@ impl Step<'_> {
         if phase.is_terminal() {
             if spec.retry_failed > applied {
                 if spec.shutdown.requested() {
-                    self.events.push(Note::warning(
-                        "RetryDeferred",
-                        "retryFailed waits until spec.shutdown is cleared".into(),
-                    ));
+                    self.events.push(Note::warning("RetryDeferred", "retryFailed waits until spec.shutdown is cleared".into()));
                 } else {
                     self.retry_failed();
                 }
@@ -384,9 +391,7 @@ impl Step<'_> {
                 due.push(after(start, limit));
             }
         }
-        due.into_iter()
-            .min()
-            .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO) + Duration::from_millis(50))
+        due.into_iter().min().map(|t| Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO) + Duration::from_millis(50))
     }
 }
 
@@ -411,10 +416,16 @@ pub fn actions(status: &WorkflowInstanceStatus, spec: &WorkflowInstanceSpec, obs
     let run_ended = status.phase.unwrap_or_default().is_terminal();
     for t in &status.tasks {
         let running = t.phase == TaskPhase::Running;
-        if running && let Some(pod) = &t.pod_name && !observed.pods.iter().any(|p| &p.name == pod) {
+        if running
+            && let Some(pod) = &t.pod_name
+            && !observed.pods.iter().any(|p| &p.name == pod)
+        {
             out.push(Action::CreatePod { task: t.name.clone(), attempt: t.attempts - 1 });
         }
-        if running && let Some(child) = &t.child_instance && !observed.children.iter().any(|c| &c.name == child) {
+        if running
+            && let Some(child) = &t.child_instance
+            && !observed.children.iter().any(|c| &c.name == child)
+        {
             out.push(Action::CreateChild { task: t.name.clone(), attempt: t.attempts - 1 });
         }
     }

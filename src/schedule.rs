@@ -20,16 +20,10 @@ pub struct Parsed {
 /// Parses the cron expression (five fields, an optional leading seconds
 /// field, or a macro such as `@daily`) and the time zone.
 pub fn parse(schedule: &Schedule) -> Result<Parsed, String> {
-    let parser = CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build();
-    let cron = parser
-        .parse(&schedule.cron)
-        .map_err(|e| format!("schedule.cron {:?} does not parse: {e}", schedule.cron))?;
+    let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
+    let cron = parser.parse(&schedule.cron).map_err(|e| format!("schedule.cron {:?} does not parse: {e}", schedule.cron))?;
     let zone = schedule.time_zone.as_deref().unwrap_or(DEFAULT_TIME_ZONE);
-    let tz = TimeZone::get(zone)
-        .map_err(|_| format!("schedule.timeZone {zone:?} is not an IANA time zone"))?;
+    let tz = TimeZone::get(zone).map_err(|_| format!("schedule.timeZone {zone:?} is not an IANA time zone"))?;
     Ok(Parsed { cron, tz })
 }
 

@@ -61,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if flags.log_format == "json" { builder.json().init() } else { builder.init() }
+    if flags.log_format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
 
     anyhow::ensure!(flags.renew_interval < flags.lease_duration, "--renew-interval must be shorter than --lease-duration");
     let identity = identity(flags.identity);

@@ -12,10 +12,7 @@ fn task(name: &str, deps: &[&str]) -> TaskSpec {
 }
 
 fn diamond() -> WorkflowSpec {
-    WorkflowSpec {
-        tasks: vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])],
-        ..Default::default()
-    }
+    WorkflowSpec { tasks: vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])], ..Default::default() }
 }
 
 fn at(secs: i64) -> Timestamp {
@@ -278,10 +275,7 @@ fn child_run_follows_and_is_steered() {
     assert_eq!(plan.actions, [Action::CreateChild { task: "a".into(), attempt: 0 }]);
     assert_eq!(sim.status.tasks[0].child_instance.as_deref(), Some("r-a"));
     sim.spec.suspend = true;
-    assert_eq!(
-        sim.step(1).actions,
-        [Action::SteerChild { name: "r-a".into(), suspend: true, shutdown: Shutdown::None }]
-    );
+    assert_eq!(sim.step(1).actions, [Action::SteerChild { name: "r-a".into(), suspend: true, shutdown: Shutdown::None }]);
     sim.spec.suspend = false;
     sim.step(2);
     sim.observed.children[0].phase = Some(RunPhase::Succeeded);
