@@ -261,6 +261,12 @@ pub struct PodTemplateMetadata {
 /// Observed state of a Workflow, written by the controller that owns it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(oldSelf.owner) || (has(self.owner) && self.owner.epoch >= oldSelf.owner.epoch)",
+        "message": "status.owner.epoch cannot go down: a newer owner holds this workflow"
+    }
+]))]
 pub struct WorkflowStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

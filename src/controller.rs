@@ -78,7 +78,8 @@ impl Context {
         self.metrics.set_runs(&counts);
     }
 
-    async fn event(&self, run: &WorkflowInstance, warning: bool, reason: &str, message: String) {
+    /// Records an Event on `object`; failing to record one is logged, not fatal.
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(&self, object: &K, warning: bool, reason: &str, message: String) {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
@@ -86,7 +87,7 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &run.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             warn!(error = %e, "cannot record event");
         }
     }
@@ -110,12 +111,22 @@ impl Error {
     }
 }
 
-fn now() -> Time {
+pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// The owner this controller becomes when it claims: the next epoch.
+pub(crate) fn next_owner(previous: Option<&Owner>, membership: &Membership) -> Owner {
+    Owner {
+        controller: membership.identity().to_string(),
+        lease: membership.lease_name().to_string(),
+        epoch: previous.map_or(0, |o| o.epoch) + 1,
+        since: now(),
+    }
+}
+
 /// Sets a condition, keeping `lastTransitionTime` when the status is unchanged.
-fn set_condition(conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) {
+pub(crate) fn set_condition(conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) {
     let status = if ok { "True" } else { "False" };
     let previous = conditions.iter().position(|c| c.type_ == type_);
     let since = previous.map(|i| &conditions[i]).filter(|c| c.status == status).map_or_else(now, |c| c.last_transition_time.clone());
@@ -193,9 +204,9 @@ async fn claim(
 ) -> Result<WorkflowInstance, Error> {
     let me = ctx.membership.identity().to_string();
     let previous = status.owner.clone();
-    let epoch = previous.as_ref().map_or(0, |o| o.epoch) + 1;
-    let since = now();
-    status.owner = Some(Owner { controller: me.clone(), lease: ctx.membership.lease_name().to_string(), epoch, since: since.clone() });
+    let owner = next_owner(previous.as_ref(), &ctx.membership);
+    let (epoch, since) = (owner.epoch, owner.since.clone());
+    status.owner = Some(owner);
     status.owner_history.push(OwnerChange { controller: me.clone(), epoch, since, reason });
     let excess = status.owner_history.len().saturating_sub(OWNER_HISTORY);
     status.owner_history.drain(..excess);
@@ -246,10 +257,16 @@ async fn reject(
     Ok(Requeue::await_change())
 }
 
-/// Checks the workflow a run names; the problems, if any, as one line.
-async fn check_workflow(wf_api: &Api<Workflow>, name: &str, spec: &WorkflowSpec, run: &WorkflowInstance) -> Result<Option<String>, Error> {
+/// Checks a workflow (for a run that names it, when `run` is given); the
+/// problems, if any, as one line.
+pub(crate) async fn check_workflow(
+    wf_api: &Api<Workflow>,
+    name: &str,
+    spec: &WorkflowSpec,
+    run: Option<&WorkflowInstance>,
+) -> Result<Option<String>, Error> {
     let mut problems: Vec<String> = dag::validate(spec).iter().map(ToString::to_string).collect();
-    if let Err(p) = dag::resolve_params(spec, &run.spec.params) {
+    if let Some(Err(p)) = run.map(|r| dag::resolve_params(spec, &r.spec.params)) {
         problems.extend(p.iter().map(ToString::to_string));
     }
     if !dag::referenced_workflows(spec).is_empty() {
@@ -315,7 +332,7 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
             return reject(api, &run, status, "WorkflowNotFound", format!("workflow {wf_name:?} does not exist in namespace {ns}"), ctx)
                 .await;
         };
-        if let Some(problems) = check_workflow(&wf_api, wf_name, &wf.spec, &run).await? {
+        if let Some(problems) = check_workflow(&wf_api, wf_name, &wf.spec, Some(&run)).await? {
             return reject(api, &run, status, "InvalidWorkflow", format!("workflow {wf_name}: {problems}"), ctx).await;
         }
         set_condition(
@@ -488,15 +505,22 @@ async fn fail_tasks(
 
 /// Decides the requeue after a failed reconcile.
 pub fn error_policy(run: Arc<WorkflowInstance>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    error_policy_for(&run.namespace().unwrap_or_default(), &run.name_any(), error, &ctx)
+}
+
+/// The requeue after a failed reconcile of any kind of object: a lost race
+/// is retried at once, a fenced write after the lease settles, API trouble
+/// with a backoff.
+pub(crate) fn error_policy_for(namespace: &str, name: &str, error: &Error, ctx: &Context) -> Requeue {
     ctx.metrics.reconcile_errors.get_or_create(&ErrorLabel { kind: error.kind() }).inc();
     match error {
         Error::Fence(FenceError::Conflict) => Requeue::requeue(Duration::from_millis(100)),
         Error::Fence(FenceError::Refused(why)) => {
-            debug!(namespace = run.namespace(), name = run.name_any(), why, "write fenced off");
+            debug!(namespace, name, why, "write fenced off");
             Requeue::requeue(Duration::from_secs(1))
         }
         e => {
-            warn!(namespace = run.namespace(), name = run.name_any(), controller = ctx.membership.identity(), error = %e, "reconcile failed");
+            warn!(namespace, name, controller = ctx.membership.identity(), error = %e, "reconcile failed");
             Requeue::requeue(Duration::from_secs(5))
         }
     }
@@ -507,12 +531,12 @@ pub fn error_policy(run: Arc<WorkflowInstance>, error: &Error, ctx: Arc<Context>
 /// changed, or draining started).
 pub async fn run(
     ctx: Arc<Context>,
-    namespace: Option<&str>,
+    namespace: Option<String>,
     recheck: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (runs, pods): (Api<WorkflowInstance>, Api<Pod>) = match namespace {
+    let (runs, pods): (Api<WorkflowInstance>, Api<Pod>) = match namespace.as_deref() {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
         None => (Api::all(client.clone()), Api::all(client)),
     };

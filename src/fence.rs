@@ -1,13 +1,16 @@
-//! The one place that writes a run's status. Every write is fenced: made
-//! only while this controller's Lease is valid and the run, as read, is ours
+//! The one place that writes the status of a run (or of a Workflow, whose
+//! schedule one controller runs). Every write is fenced: made
+//! only while this controller's Lease is valid and the object, as read, is ours
 //! (or claimable), and sent with the resourceVersion that was read, so the
 //! API server refuses it if anyone wrote in between. The CRD's CEL rule on
 //! `status.owner.epoch` is the last line of defence.
 
 use kube::api::{Api, PostParams};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::debug;
 
-use crate::api::{WorkflowInstance, WorkflowInstanceStatus};
+use crate::api::{Owner, Workflow, WorkflowInstance, WorkflowInstanceStatus, WorkflowStatus};
 use crate::lease::Membership;
 use crate::metrics::Metrics;
 
@@ -31,39 +34,66 @@ pub enum FenceError {
     Kube(#[from] kube::Error),
 }
 
-/// Checks that this controller may write the run as read. Pure.
-pub fn check(read: &WorkflowInstance, fence: Fence, membership: &Membership) -> Result<(), &'static str> {
+/// An object whose status names an owner.
+pub trait Owned: kube::Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug {
+    type Status;
+    fn owner(&self) -> Option<&Owner>;
+    fn set_status(&mut self, status: Self::Status);
+}
+
+impl Owned for WorkflowInstance {
+    type Status = WorkflowInstanceStatus;
+    fn owner(&self) -> Option<&Owner> {
+        self.status.as_ref().and_then(|s| s.owner.as_ref())
+    }
+    fn set_status(&mut self, status: WorkflowInstanceStatus) {
+        self.status = Some(status);
+    }
+}
+
+impl Owned for Workflow {
+    type Status = WorkflowStatus;
+    fn owner(&self) -> Option<&Owner> {
+        self.status.as_ref().and_then(|s| s.owner.as_ref())
+    }
+    fn set_status(&mut self, status: WorkflowStatus) {
+        self.status = Some(status);
+    }
+}
+
+/// Checks that this controller may write the object as read. Pure.
+pub fn check<K: Owned>(read: &K, fence: Fence, membership: &Membership) -> Result<(), &'static str> {
     if !membership.valid() {
         return Err("this controller's Lease is not valid");
     }
-    let owner = read.status.as_ref().and_then(|s| s.owner.as_ref());
+    let owner = read.owner();
     match fence {
         Fence::Owner if owner.is_some_and(|o| o.controller == membership.identity()) => Ok(()),
-        Fence::Owner => Err("the run is owned by another controller"),
+        Fence::Owner => Err("owned by another controller"),
         Fence::Claim => match owner {
             None => Ok(()),
             Some(o) if o.controller.is_empty() || !membership.is_live(&o.controller) => Ok(()),
-            Some(_) => Err("the run has a live owner"),
+            Some(_) => Err("it has a live owner"),
         },
     }
 }
 
-/// Replaces the status of the run as read with `status`, fenced.
-pub async fn write_status(
-    api: &Api<WorkflowInstance>,
-    read: &WorkflowInstance,
-    status: WorkflowInstanceStatus,
+/// Replaces the status of the object as read with `status`, fenced.
+pub async fn write_status<K: Owned>(
+    api: &Api<K>,
+    read: &K,
+    status: K::Status,
     fence: Fence,
     membership: &Membership,
     metrics: &Metrics,
-) -> Result<WorkflowInstance, FenceError> {
+) -> Result<K, FenceError> {
     if let Err(why) = check(read, fence, membership) {
         metrics.fenced_writes_refused.inc();
         return Err(FenceError::Refused(why));
     }
     let mut next = read.clone();
-    next.status = Some(status);
-    let name = read.metadata.name.as_deref().unwrap_or_default();
+    next.set_status(status);
+    let name = read.meta().name.as_deref().unwrap_or_default();
     match api.replace_status(name, &PostParams::default(), &next).await {
         Ok(written) => Ok(written),
         Err(kube::Error::Api(s)) if s.code == 409 => {

@@ -16,6 +16,7 @@ pub mod ownership;
 pub mod params;
 pub mod planner;
 pub mod schedule;
+pub mod scheduler;
 
 /// Errors of the crate. Variants say whose fault it is, so metrics and
 /// events can tell user mistakes from API trouble.

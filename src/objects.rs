@@ -14,6 +14,10 @@ pub const LABEL_INSTANCE: &str = "baton.dev/instance";
 pub const LABEL_TASK: &str = "baton.dev/task";
 pub const LABEL_ATTEMPT: &str = "baton.dev/attempt";
 pub const LABEL_PARENT: &str = "baton.dev/parent";
+/// On runs a schedule started: the Workflow whose schedule it was.
+pub const LABEL_SCHEDULED_BY: &str = "baton.dev/scheduled-by";
+/// On runs a schedule started: the scheduled time (RFC 3339).
+pub const ANNOTATION_SCHEDULED_TIME: &str = "baton.dev/scheduled-time";
 /// Epoch of the owner that created the object: evidence of who did what.
 pub const ANNOTATION_OWNER_EPOCH: &str = "baton.dev/owner-epoch";
 /// Nesting depth of a child run (a top-level run has none, i.e. 0).
@@ -123,6 +127,21 @@ pub fn child(
         Some([(ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()), (ANNOTATION_DEPTH.to_string(), depth.to_string())].into());
     child.metadata.owner_references = Some(vec![owner_reference(run)]);
     Ok(child)
+}
+
+/// The run a schedule starts for `tick`, named after the tick so a second
+/// attempt (or a second controller) gets `AlreadyExists`.
+pub fn scheduled_run(workflow: &crate::api::Workflow, tick: k8s_openapi::jiff::Timestamp) -> WorkflowInstance {
+    let wf_name = workflow.metadata.name.as_deref().unwrap_or_default();
+    let mut run = WorkflowInstance::new(
+        &naming::scheduled(wf_name, tick.as_second()),
+        WorkflowInstanceSpec { workflow_ref: WorkflowRef { name: wf_name.into() }, ..Default::default() },
+    );
+    run.metadata.namespace = workflow.metadata.namespace.clone();
+    run.metadata.labels = Some([(LABEL_SCHEDULED_BY.to_string(), wf_name.to_string())].into());
+    run.metadata.annotations = Some([(ANNOTATION_SCHEDULED_TIME.to_string(), tick.to_string())].into());
+    run.metadata.owner_references = Some(vec![workflow.controller_owner_ref(&()).expect("a stored workflow has a name and uid")]);
+    run
 }
 
 #[cfg(test)]

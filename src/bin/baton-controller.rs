@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tracing::{error, info};
 
 use baton::controller::{self, Context};
+use baton::scheduler;
 use baton::lease::{self, LeaseConfig};
 use baton::metrics::Metrics;
 
@@ -89,17 +90,17 @@ async fn main() -> anyhow::Result<()> {
 
     let ctx = Arc::new(Context::new(client, membership.clone(), metrics));
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let recheck = futures::stream::select(changes(membership.changes()), changes(drain_rx));
-    let controller = tokio::spawn({
-        let ctx = ctx.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let recheck = || futures::stream::select(changes(membership.changes()), changes(drain_rx.clone()));
+    let stopped = || {
+        let mut rx = stop_rx.clone();
         async move {
-            controller::run(ctx, flags.namespace.as_deref(), recheck, async move {
-                let _ = stop_rx.await;
-            })
-            .await
+            let _ = rx.wait_for(|stop| *stop).await;
         }
-    });
+    };
+    let namespace = flags.namespace.clone();
+    let runs = tokio::spawn(controller::run(ctx.clone(), namespace.clone(), recheck(), stopped()));
+    let workflows = tokio::spawn(scheduler::run(ctx.clone(), namespace, recheck(), stopped()));
 
     signal().await;
     info!(controller = %identity, "shutting down: releasing runs");
@@ -109,8 +110,8 @@ async fn main() -> anyhow::Result<()> {
     while ctx.owned_unfinished() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop_tx.send(());
-    let _ = controller.await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(runs, workflows);
     lease_handle.release().await;
     info!(controller = %identity, left = ctx.owned_unfinished(), "stopped");
     Ok(())
