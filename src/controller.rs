@@ -78,8 +78,9 @@ impl Context {
         self.metrics.set_runs(&counts);
     }
 
-    /// Records an Event on `object`; failing to record one is logged, not fatal.
-    pub(crate) async fn event<K: Resource<DynamicType = ()>>(&self, object: &K, warning: bool, reason: &str, message: String) {
+    /// Records an Event on `object` in the background, so a slow Events API
+    /// never holds up a reconcile; failing to record one is logged, not fatal.
+    pub(crate) fn event<K: Resource<DynamicType = ()>>(&self, object: &K, warning: bool, reason: &str, message: String) {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
@@ -87,9 +88,12 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            warn!(error = %e, "cannot record event");
-        }
+        let (recorder, reference) = (self.recorder.clone(), object.object_ref(&()));
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(error = %e, "cannot record event");
+            }
+        });
     }
 }
 
@@ -215,7 +219,7 @@ async fn claim(
     let old = previous.map(|o| o.controller).filter(|c| !c.is_empty()).unwrap_or_else(|| "nobody".into());
     info!(epoch, ?reason, from = %old, "claimed run");
     let message = format!("owner changed from {old} to {me} (epoch {epoch}, {reason:?})");
-    ctx.event(&written, reason == OwnerChangeReason::Failover, "OwnerChanged", message).await;
+    ctx.event(&written, reason == OwnerChangeReason::Failover, "OwnerChanged", message);
     Ok(written)
 }
 
@@ -233,7 +237,7 @@ async fn release(
     ctx.metrics.releases.inc();
     ctx.track(&run.uid().unwrap_or_default(), None);
     info!("released run to its assigned controller");
-    ctx.event(&written, false, "Released", format!("{} released the run", ctx.membership.identity())).await;
+    ctx.event(&written, false, "Released", format!("{} released the run", ctx.membership.identity()));
     Ok(Requeue::await_change())
 }
 
@@ -252,7 +256,7 @@ async fn reject(
     status.observed_generation = run.metadata.generation;
     let written = fence::write_status(api, run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
     warn!(%message, "run cannot start");
-    ctx.event(&written, true, reason, message).await;
+    ctx.event(&written, true, reason, message);
     ctx.track(&run.uid().unwrap_or_default(), Some(RunPhase::Failed));
     Ok(Requeue::await_change())
 }
@@ -372,7 +376,7 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
     record_progress(&status, &plan.status, &ctx.metrics);
     ctx.track(&uid, plan.status.phase);
     for note in &plan.events {
-        ctx.event(&written, note.warning, note.reason, note.message.clone()).await;
+        ctx.event(&written, note.warning, note.reason, note.message.clone());
     }
     let epoch = plan.status.owner.as_ref().map_or(0, |o| o.epoch);
     let mut failed_creates = Vec::new();
@@ -498,7 +502,7 @@ async fn fail_tasks(
     }
     let written = fence::write_status(api, &run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
     for (task, message) in failures {
-        ctx.event(&written, true, "TaskFailed", format!("task {task}: {message}")).await;
+        ctx.event(&written, true, "TaskFailed", format!("task {task}: {message}"));
     }
     Ok(Requeue::requeue(Duration::ZERO))
 }

@@ -150,7 +150,7 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
     }
     let written = if status != read { fence::write_status(api, &wf, status, Fence::Owner, &ctx.membership, &ctx.metrics).await? } else { wf };
     for (warning, reason, message) in events {
-        ctx.event(&written, warning, reason, message).await;
+        ctx.event(&written, warning, reason, message);
     }
     Ok(Requeue::requeue(requeue))
 }
