@@ -245,5 +245,15 @@ async fn missing_or_invalid_workflow_fails_the_run_visibly() {
             "Warning event {reason}"
         );
     }
+    // The Workflow itself says why it cannot run.
+    let workflows: Api<baton::api::Workflow> = ns.api();
+    let cond = wait_for("the workflow's Valid condition", RUN_TIMEOUT, || async {
+        let wf = workflows.get("cyclic").await.map_err(|e| e.to_string())?;
+        let status = wf.status.unwrap_or_default();
+        status.conditions.into_iter().find(|c| c.type_ == "Valid").ok_or("no condition yet".to_string())
+    })
+    .await;
+    assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("False", "InvalidWorkflow"));
+    assert!(cond.message.contains("dependency cycle: a -> b -> a"), "{}", cond.message);
     ns.done().await;
 }

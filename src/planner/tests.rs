@@ -297,3 +297,19 @@ fn parent_shutdown_reaches_running_child() {
     let plan = sim.step(1);
     assert_eq!(plan.actions, [Action::SteerChild { name: "r-a".into(), suspend: false, shutdown: Shutdown::Stop }]);
 }
+
+#[test]
+fn status_of_a_thousand_task_run_stays_well_under_a_mebibyte() {
+    let tasks: Vec<TaskSpec> = (0..1000).map(|i| task(&format!("extract-partition-{i:04}"), &[])).collect();
+    let mut sim = Sim::new(WorkflowSpec { tasks, ..Default::default() });
+    sim.status.workflow_spec = Some(sim.workflow.clone());
+    sim.step(0);
+    for i in 0..1000 {
+        sim.end_pod(&naming::pod("r", &format!("extract-partition-{i:04}"), 0), 0);
+    }
+    sim.step(1);
+    assert_eq!(sim.status.phase, Some(RunPhase::Succeeded));
+    let bytes = serde_json::to_vec(&sim.status).unwrap().len();
+    println!("status of a finished 1,000-task run: {bytes} bytes");
+    assert!(bytes < 512 * 1024, "{bytes} bytes");
+}
