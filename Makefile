@@ -3,21 +3,24 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: all build crds test bench demo demo-down cluster-up cluster-down clean
+.PHONY: all build crds test bench bench-runs demo demo-down cluster-up cluster-down helm chart chaos clean
 
 all: build
 
 build:
 	$(CARGO) build --release --bins
 
-## Regenerate crds/ from the Rust types.
+## Regenerate crds/ from the Rust types (and the chart's and kustomize's copies).
 crds:
 	$(CARGO) run --quiet --bin crdgen -- crds
+	rm -f charts/baton/crds/*.yaml && cp crds/*.yaml charts/baton/crds/
+	find config/crd -name '*.yaml' ! -name kustomization.yaml -delete && cp crds/*.yaml config/crd/
 
 ## Every test: unit, property, CRD-in-sync, offline validation, end-to-end
-## against the local control plane (built on first use).
-test: cluster-up
-	$(CARGO) test --all-targets -- --test-threads 4
+## against the local control plane (built on first use), and the chaos
+## suite in its short CI setting.
+test: cluster-up helm
+	CHAOS_DURATION=90s $(CARGO) test --all-targets -- --test-threads 4
 	$(CARGO) run --quiet --bin baton -- validate config/samples/*.yaml
 	KUBECONFIG=$(CURDIR)/target/e2e/kubeconfig kubectl apply --dry-run=server -f crds/
 
@@ -28,14 +31,32 @@ demo:
 demo-down:
 	e2e/demo down
 
+## Failover chaos suite (e2e/chaos/): faults and requests for CHAOS_DURATION
+## (default 5m), then the invariants and a summary table. CHAOS_SEED replays.
+chaos: cluster-up
+	CHAOS_DURATION=$${CHAOS_DURATION:-5m} $(CARGO) test --test chaos
+
 cluster-up:
 	e2e/cluster up >/dev/null
 
 cluster-down:
 	e2e/cluster down
 
+## The pinned helm (e2e/harness/helm/go.mod), built once into the e2e cache.
+helm:
+	e2e/helm build >/dev/null
+
+## Lint the chart and print its default render.
+chart: helm
+	e2e/helm lint --strict charts/baton
+	e2e/helm template baton charts/baton --namespace baton-system
+
 bench:
 	$(CARGO) bench --bench validate
+
+## 1,000 runs against the local control plane (BENCH_RUNS=n to change).
+bench-runs: cluster-up
+	$(CARGO) bench --bench runs
 
 clean:
 	$(CARGO) clean

@@ -6,4 +6,6 @@ mod support;
 
 mod cluster;
 mod failover;
+mod install;
 mod runs;
+mod schedule;

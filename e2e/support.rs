@@ -20,14 +20,20 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where `e2e/cluster` keeps its state: `target/e2e`, or `$BATON_E2E_STATE`
+/// (a second cluster beside the first, as `e2e/cluster` honours it too).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("BATON_E2E_STATE").map_or_else(|| root().join("target/e2e"), PathBuf::from)
+}
+
 /// Brings the local control plane up once per test process (idempotent:
 /// reuses a running one) and returns its kubeconfig path.
 pub fn kubeconfig() -> &'static Path {
     static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
     KUBECONFIG.get_or_init(|| {
         let status = Command::new(root().join("e2e/cluster")).arg("up").stdout(Stdio::null()).status().expect("run e2e/cluster up");
-        assert!(status.success(), "e2e/cluster up failed; see target/e2e/logs/");
-        root().join("target/e2e/kubeconfig")
+        assert!(status.success(), "e2e/cluster up failed; see {}/logs/", state_dir().display());
+        state_dir().join("kubeconfig")
     })
 }
 
@@ -116,7 +122,7 @@ impl ControllerProc {
             namespace: namespace.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
-            log: root().join(format!("target/e2e/logs/controller-{namespace}-{identity}.log")),
+            log: state_dir().join(format!("logs/controller-{namespace}-{identity}.log")),
         };
         p.spawn();
         p

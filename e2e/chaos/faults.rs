@@ -1,0 +1,123 @@
+//! The faults: one at a time, at random intervals, from the seeded
+//! generator. Each leaves the cluster whole again when it ends (the
+//! controller restarted or thawed, the API server back).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+
+use crate::journal::Shared;
+use crate::support::{ControllerProc, LEASE_DURATION};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Kill,
+    Freeze,
+    Term,
+    ApiRestart,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 4] = [Fault::Kill, Fault::Freeze, Fault::Term, Fault::ApiRestart];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill -9 + restart",
+            Fault::Freeze => "SIGSTOP past lease + SIGCONT",
+            Fault::Term => "SIGTERM + restart",
+            Fault::ApiRestart => "kube-apiserver restart",
+        }
+    }
+}
+
+fn log(start: Instant, what: String) {
+    println!("[chaos {:>6.1}s] {what}", start.elapsed().as_secs_f64());
+}
+
+/// Injects faults until `until`, then makes sure every controller runs.
+/// Returns the controllers for the final checks.
+pub async fn inject(
+    mut controllers: Vec<ControllerProc>,
+    journal: Shared,
+    seed: u64,
+    start: Instant,
+    until: Instant,
+) -> Vec<ControllerProc> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xfa17);
+    // Every kind once, in a random order, then a weighted random choice.
+    let mut first: Vec<Fault> = Fault::ALL.to_vec();
+    first.shuffle(&mut rng);
+    let mut next = first.into_iter();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    loop {
+        let pause = Duration::from_millis(rng.random_range(3_000..9_000));
+        if Instant::now() + pause + Duration::from_secs(10) > until {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        let fault = next.next().unwrap_or_else(|| match rng.random_range(0..9) {
+            0..3 => Fault::Kill,
+            3..6 => Fault::Freeze,
+            6..8 => Fault::Term,
+            _ => Fault::ApiRestart,
+        });
+        let victim = rng.random_range(0..controllers.len());
+        *journal.lock().unwrap().faults.entry(fault.label()).or_default() += 1;
+        match fault {
+            Fault::Kill => {
+                let c = &mut controllers[victim];
+                log(start, format!("kill -9 {}", c.identity));
+                c.kill();
+                journal.lock().unwrap().controller_down(&c.identity, Instant::now());
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..6_000))).await;
+                log(start, format!("restart {}", c.identity));
+                c.restart();
+                journal.lock().unwrap().controller_up(&c.identity);
+            }
+            Fault::Freeze => {
+                let c = &controllers[victim];
+                let frozen = LEASE_DURATION + Duration::from_millis(rng.random_range(500..4_000));
+                log(start, format!("SIGSTOP {} for {frozen:?}", c.identity));
+                c.freeze();
+                journal.lock().unwrap().controller_down(&c.identity, Instant::now());
+                tokio::time::sleep(frozen).await;
+                log(start, format!("SIGCONT {}", c.identity));
+                c.thaw();
+                journal.lock().unwrap().controller_up(&c.identity);
+            }
+            Fault::Term => {
+                let c = &mut controllers[victim];
+                log(start, format!("SIGTERM {}", c.identity));
+                journal.lock().unwrap().controller_down(&c.identity, Instant::now());
+                tokio::task::block_in_place(|| c.stop());
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..4_000))).await;
+                log(start, format!("restart {}", c.identity));
+                c.restart();
+                journal.lock().unwrap().controller_up(&c.identity);
+            }
+            Fault::ApiRestart => {
+                log(start, "restart kube-apiserver".into());
+                journal.lock().unwrap().api_down();
+                let ok = tokio::task::block_in_place(restart_apiserver);
+                journal.lock().unwrap().api_up(Instant::now());
+                log(start, format!("kube-apiserver back ({})", if ok { "healthy" } else { "FAILED" }));
+                if !ok {
+                    journal.lock().unwrap().breaks.push("e2e/cluster restart kube-apiserver failed".into());
+                }
+            }
+        }
+    }
+    controllers
+}
+
+fn restart_apiserver() -> bool {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/cluster"))
+        .args(["restart", "kube-apiserver"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

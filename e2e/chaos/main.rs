@@ -1,0 +1,208 @@
+//! The failover chaos suite (issue 7): three real controllers run a mix of
+//! workflows while a seeded random generator kills, freezes and stops
+//! them, restarts the API server and patches runs; a watch records every
+//! pod and run, and at the end the invariants are checked and a summary
+//! table printed. Exits non-zero, naming the runs and objects, when an
+//! invariant breaks.
+//!
+//!   CHAOS_DURATION  how long faults and requests go on (default 90s; `make chaos`: 5m)
+//!   CHAOS_SEED      replay a run: the seed it printed
+//!   CHAOS_RUNS      top-level runs to start (default: one per 3s of duration, at least 20)
+//!
+//! A plain `main` (harness = false): `cargo test -- <filter>` runs it only
+//! when the filter matches "chaos".
+
+#[allow(dead_code)]
+#[path = "../support.rs"]
+mod support;
+
+#[allow(unused)]
+#[path = "../runs.rs"]
+mod runs;
+
+mod faults;
+mod journal;
+mod report;
+mod requests;
+
+use std::time::{Duration, Instant};
+
+use baton::api::WorkflowInstance;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+
+use crate::journal::Journal;
+use crate::runs::{task, workflow};
+use crate::support::{ControllerProc, TestNs};
+
+pub struct Config {
+    pub seed: u64,
+    pub duration: Duration,
+    pub runs: usize,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        let seed = std::env::var("CHAOS_SEED").ok().map(|s| s.parse().expect("CHAOS_SEED is a number")).unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            t.as_secs() * 1_000_003 ^ u64::from(t.subsec_nanos())
+        });
+        let duration = std::env::var("CHAOS_DURATION")
+            .ok()
+            .map(|d| humantime::parse_duration(&d).expect("CHAOS_DURATION like 90s or 5m"))
+            .unwrap_or(Duration::from_secs(90));
+        let runs = std::env::var("CHAOS_RUNS")
+            .ok()
+            .map(|n| n.parse().expect("CHAOS_RUNS is a number"))
+            .unwrap_or((duration.as_secs() / 3).max(20) as usize);
+        Config { seed, duration, runs }
+    }
+}
+
+/// How long the runs get, after the faults stop, to finish.
+const DRAIN: Duration = Duration::from_secs(180);
+
+/// The workflows of the mix: a wide DAG, a deep chain, one with two
+/// sub-workflows, and one whose middle task fails and is retried.
+fn workflows() -> Vec<String> {
+    let wide: Vec<String> = std::iter::once(task("root", &[], "1s", 0, ""))
+        .chain((1..=6).map(|i| task(&format!("w{i}"), &["root"], if i % 2 == 0 { "2s" } else { "1s" }, 0, "")))
+        .chain(std::iter::once(task("join", &["w1", "w2", "w3", "w4", "w5", "w6"], "1s", 0, "")))
+        .collect();
+    let chain: Vec<String> = (1..=6)
+        .map(|i| {
+            let dep = format!("c{}", i - 1);
+            let deps: Vec<&str> = if i == 1 { vec![] } else { vec![dep.as_str()] };
+            task(&format!("c{i}"), &deps, "1s", 0, "")
+        })
+        .collect();
+    let sub = |name: &str| format!("    - name: {name}\n      dependsOn: [prep]\n      workflowRef: {{name: inner, params: {{date: \"{{{{params.date}}}}\"}}}}\n");
+    let nested = vec![task("prep", &[], "1s", 0, ""), sub("sub-a"), sub("sub-b"), task("finish", &["sub-a", "sub-b"], "1s", 0, "")];
+    let inner = vec![task("a", &[], "1s", 0, ""), task("b", &["a"], "2s", 0, "")];
+    let retries = "      retries: {limit: 1, backoffSeconds: 1}\n";
+    let flaky = vec![task("step", &[], "1s", 0, ""), task("bad", &["step"], "1s", 3, retries), task("after", &["bad"], "1s", 0, "")];
+    vec![
+        workflow("wide", "  parallelism: 4\n", &wide),
+        workflow("chain", "", &chain),
+        workflow("inner", "", &inner),
+        workflow("nested", "", &nested),
+        workflow("flaky", "", &flaky),
+    ]
+}
+
+/// `cargo test` passes its filter and flags to every test binary: run only
+/// when there is no filter or it matches.
+fn selected() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        println!("chaos: test");
+        return false;
+    }
+    let mut filters = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--test-threads" || a == "--skip" || a == "--format" || a == "--color" {
+            it.next();
+        } else if !a.starts_with('-') {
+            filters.push(a);
+        }
+    }
+    filters.is_empty() || filters.iter().any(|f| "chaos".contains(f.as_str()))
+}
+
+#[tokio::main]
+async fn main() {
+    if !selected() {
+        return;
+    }
+    let config = Config::from_env();
+    println!(
+        "chaos: seed {} (replay with CHAOS_SEED={}), duration {:?}, {} runs",
+        config.seed, config.seed, config.duration, config.runs
+    );
+    let ns = TestNs::new("chaos").await;
+    println!("chaos: namespace {}, controller logs in {}/logs/", ns.name, support::state_dir().display());
+    ns.apply(&workflows().join("---\n"));
+    let identities = ["ctl-a", "ctl-b", "ctl-c"];
+    let controllers: Vec<ControllerProc> = identities.iter().map(|id| ns.controller(id)).collect();
+    let journal = Journal::new(&identities.map(String::from));
+    journal::spawn_watches(ns.client.clone(), &ns.name, journal.clone());
+
+    let start = Instant::now();
+    let end = start + config.duration;
+    let checker = {
+        let j = journal.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                j.lock().unwrap().check_owners(Instant::now());
+            }
+        })
+    };
+    let progress = {
+        let j = journal.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                let j = j.lock().unwrap();
+                let finished = j.runs.values().filter(|r| r.idle() || r.paused_on_request()).count();
+                println!(
+                    "[chaos {:>6.1}s] runs {} ({} finished or paused), pods {}, faults {}, requests {}, breaks {}",
+                    start.elapsed().as_secs_f64(),
+                    j.runs.len(),
+                    finished,
+                    j.pods.len(),
+                    j.faults.values().sum::<u32>(),
+                    j.requests.len(),
+                    j.breaks.len()
+                );
+            }
+        })
+    };
+    let runs_api: Api<WorkflowInstance> = ns.api();
+    let creating = tokio::spawn(requests::start_runs(runs_api.clone(), journal.clone(), config.seed, config.runs, start + config.duration.mul_f64(0.6)));
+    let requesting = tokio::spawn(requests::make_requests(runs_api.clone(), journal.clone(), config.seed, end));
+    let controllers = faults::inject(controllers, journal.clone(), config.seed, start, end).await;
+    creating.await.unwrap();
+    requesting.await.unwrap();
+    let faults_done = start.elapsed();
+    println!("[chaos {:>6.1}s] faults and requests stopped; waiting up to {DRAIN:?} for every run to finish", faults_done.as_secs_f64());
+
+    // Drain: every run finished, or paused because its last request said so.
+    let drain_start = Instant::now();
+    let pods_api: Api<Pod> = ns.api();
+    let all = ListParams::default();
+    let (pods, runs) = loop {
+        let listed = futures::try_join!(pods_api.list(&all), runs_api.list(&all));
+        if let Ok((pods, runs)) = listed {
+            let settled = |r: &WorkflowInstance| {
+                let s = r.status.clone().unwrap_or_default();
+                let caught_up = s.observed_generation >= r.metadata.generation;
+                let phase = s.phase.unwrap_or_default();
+                caught_up && (phase.is_terminal() || (phase == baton::api::RunPhase::Paused && r.spec.suspend))
+            };
+            if runs.items.iter().all(settled) || drain_start.elapsed() > DRAIN {
+                break (pods.items, runs.items);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    // Let the watches deliver the last events, then stop the checks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    checker.abort();
+    progress.abort();
+    let settled_after = drain_start.elapsed();
+
+    let outcome = {
+        let mut j = journal.lock().unwrap();
+        journal::merge_listed(&mut j, &pods, &runs);
+        report::check(&j, &config, &controllers, &runs, faults_done, settled_after)
+    };
+    drop(controllers);
+    if outcome {
+        ns.done().await;
+    } else {
+        println!("chaos: FAILED; namespace {} kept to look at", ns.name);
+        std::process::exit(1);
+    }
+}
