@@ -74,7 +74,7 @@ fn task_status(run: &WorkflowInstance, name: &str) -> baton::api::TaskStatus {
     run.status.as_ref().unwrap().tasks.iter().find(|t| t.name == name).cloned().unwrap()
 }
 
-async fn events_of(ns: &TestNs, run: &str) -> Vec<Event> {
+pub async fn events_of(ns: &TestNs, run: &str) -> Vec<Event> {
     let events: Api<Event> = ns.api();
     events
         .list(&ListParams::default())

@@ -4,7 +4,6 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton::api::{RunPhase, Workflow, WorkflowInstance};
-use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
@@ -12,9 +11,7 @@ use crate::runs::{RUN_TIMEOUT, task, wait_phase, workflow};
 use crate::support::{TestNs, kubeconfig, wait_for};
 
 fn scheduled(name: &str, cron: &str, policy: &str, deadline: i64, duration: &str) -> String {
-    let settings = format!(
-        "  schedule: {{cron: \"{cron}\", concurrencyPolicy: {policy}, startingDeadlineSeconds: {deadline}}}\n"
-    );
+    let settings = format!("  schedule: {{cron: \"{cron}\", concurrencyPolicy: {policy}, startingDeadlineSeconds: {deadline}}}\n");
     workflow(name, &settings, &[task("tick", &[], duration, 0, "")])
 }
 
@@ -33,16 +30,7 @@ fn unix_now() -> i64 {
 }
 
 async fn event_reasons(ns: &TestNs, object: &str) -> Vec<String> {
-    let events: Api<Event> = ns.api();
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(object))
-        .filter_map(|e| e.reason)
-        .collect()
+    crate::runs::events_of(ns, object).await.into_iter().filter_map(|e| e.reason).collect()
 }
 
 async fn workflow_owner(ns: &TestNs, name: &str) -> String {
@@ -147,7 +135,11 @@ async fn forbid_skips_a_tick_and_replace_stops_the_active_run() {
     .await;
     assert!(replaced.len() >= 2);
     let forbid_runs = ticks(&ns, "forbid").await;
-    let active: Vec<String> = api.list(&ListParams::default().labels("baton.dev/scheduled-by=forbid")).await.unwrap().items
+    let active: Vec<String> = api
+        .list(&ListParams::default().labels("baton.dev/scheduled-by=forbid"))
+        .await
+        .unwrap()
+        .items
         .iter()
         .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal()))
         .map(|r| r.name_any())

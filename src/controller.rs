@@ -130,7 +130,14 @@ pub(crate) fn next_owner(previous: Option<&Owner>, membership: &Membership) -> O
 }
 
 /// Sets a condition, keeping `lastTransitionTime` when the status is unchanged.
-pub(crate) fn set_condition(conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) {
+pub(crate) fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) {
     let status = if ok { "True" } else { "False" };
     let previous = conditions.iter().position(|c| c.type_ == type_);
     let since = previous.map(|i| &conditions[i]).filter(|c| c.status == status).map_or_else(now, |c| c.last_transition_time.clone());
@@ -530,6 +537,17 @@ pub(crate) fn error_policy_for(namespace: &str, name: &str, error: &Error, ctx: 
     }
 }
 
+/// An Api over one namespace (`--namespace`) or all of them.
+pub(crate) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs the WorkflowInstance controller until `shutdown` resolves.
 /// `recheck` fires whenever every run must be looked at again (membership
 /// changed, or draining started).
@@ -539,11 +557,7 @@ pub async fn run(
     recheck: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let (runs, pods): (Api<WorkflowInstance>, Api<Pod>) = match namespace.as_deref() {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let (runs, pods) = (scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()), scoped::<Pod>(&ctx.client, namespace.as_deref()));
     Controller::new(runs.clone(), watcher::Config::default().any_semantic())
         .owns(pods, watcher::Config::default().labels(LABEL_INSTANCE).any_semantic())
         .owns(runs, watcher::Config::default().labels(LABEL_PARENT).any_semantic())

@@ -22,7 +22,7 @@ use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use tracing::{Instrument, info, info_span};
 
 use crate::api::{Workflow, WorkflowInstance};
-use crate::controller::{Context, Error, check_workflow, next_owner, set_condition};
+use crate::controller::{Context, Error, check_workflow, next_owner, scoped, set_condition};
 use crate::fence::{self, Fence};
 use crate::objects::{self, LABEL_SCHEDULED_BY};
 use crate::ownership::{self, Decision};
@@ -32,7 +32,12 @@ use crate::schedule;
 const RESYNC: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let span = info_span!("workflow", namespace = wf.namespace().unwrap_or_default(), name = wf.name_any(), controller = ctx.membership.identity());
+    let span = info_span!(
+        "workflow",
+        namespace = wf.namespace().unwrap_or_default(),
+        name = wf.name_any(),
+        controller = ctx.membership.identity()
+    );
     reconcile_workflow(wf, ctx).instrument(span).await
 }
 
@@ -133,11 +138,19 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
             }
         }
         if let Some(tick) = plan.forbidden {
-            events.push((false, "TickSkipped", format!("tick at {tick} skipped: concurrencyPolicy Forbid and {} still active", active.join(", "))));
+            events.push((
+                false,
+                "TickSkipped",
+                format!("tick at {tick} skipped: concurrencyPolicy Forbid and {} still active", active.join(", ")),
+            ));
         }
         if plan.missed > 0 {
             status.missed_ticks += plan.missed as i64;
-            events.push((true, "MissedSchedule", format!("{} tick(s) not started: missed while no controller ran them, or past startingDeadlineSeconds", plan.missed)));
+            events.push((
+                true,
+                "MissedSchedule",
+                format!("{} tick(s) not started: missed while no controller ran them, or past startingDeadlineSeconds", plan.missed),
+            ));
         }
         if let Some(tick) = plan.handled {
             status.last_schedule_time = Some(Time(tick));
@@ -148,7 +161,8 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
             requeue = Duration::try_from(next.duration_since(Timestamp::now())).unwrap_or_default().min(RESYNC) + Duration::from_millis(20);
         }
     }
-    let written = if status != read { fence::write_status(api, &wf, status, Fence::Owner, &ctx.membership, &ctx.metrics).await? } else { wf };
+    let written =
+        if status != read { fence::write_status(api, &wf, status, Fence::Owner, &ctx.membership, &ctx.metrics).await? } else { wf };
     for (warning, reason, message) in events {
         ctx.event(&written, warning, reason, message);
     }
@@ -167,11 +181,8 @@ pub async fn run(
     recheck: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let (workflows, runs): (Api<Workflow>, Api<WorkflowInstance>) = match namespace.as_deref() {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let (workflows, runs) =
+        (scoped::<Workflow>(&ctx.client, namespace.as_deref()), scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()));
     Controller::new(workflows, watcher::Config::default().any_semantic())
         .watches(runs, watcher::Config::default().labels(LABEL_SCHEDULED_BY).any_semantic(), |run: WorkflowInstance| {
             let ns = run.namespace()?;

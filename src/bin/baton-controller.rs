@@ -11,9 +11,9 @@ use futures::StreamExt;
 use tracing::{error, info};
 
 use baton::controller::{self, Context};
-use baton::scheduler;
 use baton::lease::{self, LeaseConfig};
 use baton::metrics::Metrics;
+use baton::scheduler;
 
 #[derive(Parser, Debug)]
 #[command(name = "baton-controller", version, about = "Runs baton workflows; several controllers share the runs through Leases")]
