@@ -488,6 +488,12 @@ async fn carry_out(
             Ok(Ok(()))
         }
         Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => Ok(Err((task, format!("rejected by the API server: {}", s.message)))),
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            // Quota or policy: may clear up, so the task waits and is retried,
+            // but never silently.
+            ctx.event(run, true, "CreateRefused", format!("task {task}: {}; will retry", s.message));
+            Err(kube::Error::Api(s).into())
+        }
         Err(e) => Err(e.into()),
     }
 }

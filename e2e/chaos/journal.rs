@@ -160,11 +160,7 @@ pub type Shared = Arc<Mutex<Journal>>;
 
 impl Journal {
     pub fn new(controllers: &[String]) -> Shared {
-        Arc::new(Mutex::new(Journal {
-            up: controllers.iter().cloned().collect(),
-            api_back_at: Some(Instant::now()),
-            ..Default::default()
-        }))
+        Arc::new(Mutex::new(Journal { up: controllers.iter().cloned().collect(), api_back_at: Some(Instant::now()), ..Default::default() }))
     }
 
     fn owner_live(&self, owner: &str) -> bool {

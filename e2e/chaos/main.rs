@@ -76,7 +76,11 @@ fn workflows() -> Vec<String> {
             task(&format!("c{i}"), &deps, "1s", 0, "")
         })
         .collect();
-    let sub = |name: &str| format!("    - name: {name}\n      dependsOn: [prep]\n      workflowRef: {{name: inner, params: {{date: \"{{{{params.date}}}}\"}}}}\n");
+    let sub = |name: &str| {
+        format!(
+            "    - name: {name}\n      dependsOn: [prep]\n      workflowRef: {{name: inner, params: {{date: \"{{{{params.date}}}}\"}}}}\n"
+        )
+    };
     let nested = vec![task("prep", &[], "1s", 0, ""), sub("sub-a"), sub("sub-b"), task("finish", &["sub-a", "sub-b"], "1s", 0, "")];
     let inner = vec![task("a", &[], "1s", 0, ""), task("b", &["a"], "2s", 0, "")];
     let retries = "      retries: {limit: 1, backoffSeconds: 1}\n";
@@ -116,10 +120,7 @@ async fn main() {
         return;
     }
     let config = Config::from_env();
-    println!(
-        "chaos: seed {} (replay with CHAOS_SEED={}), duration {:?}, {} runs",
-        config.seed, config.seed, config.duration, config.runs
-    );
+    println!("chaos: seed {} (replay with CHAOS_SEED={}), duration {:?}, {} runs", config.seed, config.seed, config.duration, config.runs);
     let ns = TestNs::new("chaos").await;
     println!("chaos: namespace {}, controller logs in {}/logs/", ns.name, support::state_dir().display());
     ns.apply(&workflows().join("---\n"));
@@ -160,7 +161,13 @@ async fn main() {
         })
     };
     let runs_api: Api<WorkflowInstance> = ns.api();
-    let creating = tokio::spawn(requests::start_runs(runs_api.clone(), journal.clone(), config.seed, config.runs, start + config.duration.mul_f64(0.6)));
+    let creating = tokio::spawn(requests::start_runs(
+        runs_api.clone(),
+        journal.clone(),
+        config.seed,
+        config.runs,
+        start + config.duration.mul_f64(0.6),
+    ));
     let requesting = tokio::spawn(requests::make_requests(runs_api.clone(), journal.clone(), config.seed, end));
     let controllers = faults::inject(controllers, journal.clone(), config.seed, start, end).await;
     creating.await.unwrap();

@@ -20,11 +20,7 @@ fn duplicates(made: &std::collections::HashMap<String, Made>, what: &str, breaks
     for ((run, task, attempt), all) in by_key.iter().filter(|(_, v)| v.len() > 1) {
         count += all.len() - 1;
         let objects: Vec<String> = all.iter().map(|(uid, m)| format!("{} uid {uid} owner-epoch {}", m.name, m.epoch)).collect();
-        breaks.push(format!(
-            "invariant 1: {} {what}s for run {run} task {task} attempt {attempt}: {}",
-            all.len(),
-            objects.join("; ")
-        ));
+        breaks.push(format!("invariant 1: {} {what}s for run {run} task {task} attempt {attempt}: {}", all.len(), objects.join("; ")));
     }
     count
 }
@@ -180,11 +176,7 @@ pub fn check(
         println!("    {kind:<32} {n}");
     }
     println!("  {:<34} {} ({top} started + {children} child runs)", "runs", top + children);
-    println!(
-        "  {:<34} {}",
-        "final phases",
-        phases.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
-    );
+    println!("  {:<34} {}", "final phases", phases.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", "));
     println!("  {:<34} {}", "pods", j.pods.len());
     println!("  {:<34} {dup_pods} pods, {dup_children} child runs, {extra_attempts} extra task attempts", "duplicates");
     println!("  {:<34} {lost}", "lost (unfinished) runs");

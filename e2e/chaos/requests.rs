@@ -22,7 +22,15 @@ pub async fn start_runs(api: Api<WorkflowInstance>, journal: Shared, seed: u64, 
     let total: u32 = MIX.iter().map(|(_, w)| w).sum();
     for i in 0..count {
         let mut pick = rng.random_range(0..total);
-        let workflow = MIX.iter().find(|(_, w)| pick < *w || { pick -= w; false }).map_or("chain", |(n, _)| n);
+        let workflow = MIX
+            .iter()
+            .find(|(_, w)| {
+                pick < *w || {
+                    pick -= w;
+                    false
+                }
+            })
+            .map_or("chain", |(n, _)| n);
         let name = format!("r{i:03}-{workflow}");
         let run: WorkflowInstance =
             serde_yaml::from_str(&crate::runs::run(&name, workflow, &format!("date: \"2026-01-{:02}\"", i % 28 + 1))).unwrap();
