@@ -7,5 +7,6 @@ mod support;
 mod cluster;
 mod failover;
 mod install;
+mod rules;
 mod runs;
 mod schedule;

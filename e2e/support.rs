@@ -136,8 +136,8 @@ impl ControllerProc {
             .args(["--identity", &self.identity])
             .args(["--namespace", &self.namespace])
             .args(["--lease-namespace", &self.namespace])
-            .args(["--lease-duration", &format!("{}s", LEASE_DURATION.as_secs())])
-            .args(["--renew-interval", "500ms"])
+            .args(self.default_flag("--lease-duration", &format!("{}s", LEASE_DURATION.as_secs())))
+            .args(self.default_flag("--renew-interval", "500ms"))
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(&self.extra)
             .stdout(log.try_clone().unwrap())
@@ -145,6 +145,11 @@ impl ControllerProc {
             .spawn()
             .expect("start baton-controller");
         self.child = Some(child);
+    }
+
+    /// `[flag, value]`, unless the extra flags given at start set it.
+    fn default_flag(&self, flag: &str, value: &str) -> Vec<String> {
+        if self.extra.iter().any(|a| a == flag) { vec![] } else { vec![flag.to_string(), value.to_string()] }
     }
 
     fn pid(&self) -> Pid {

@@ -129,30 +129,9 @@ pub(crate) fn next_owner(previous: Option<&Owner>, membership: &Membership) -> O
     }
 }
 
-/// Sets a condition, keeping `lastTransitionTime` when the status is unchanged.
-pub(crate) fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) {
-    let status = if ok { "True" } else { "False" };
-    let previous = conditions.iter().position(|c| c.type_ == type_);
-    let since = previous.map(|i| &conditions[i]).filter(|c| c.status == status).map_or_else(now, |c| c.last_transition_time.clone());
-    let condition = Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: since,
-    };
-    match previous {
-        Some(i) => conditions[i] = condition,
-        None => conditions.push(condition),
-    }
+/// Sets a condition on an object's status, now.
+pub(crate) fn set_condition(conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) {
+    crate::conditions::set(conditions, type_, ok, reason, message, generation, now());
 }
 
 /// Reconciles one run.

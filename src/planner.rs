@@ -185,9 +185,11 @@ impl Step<'_> {
         }
     }
 
+    /// Ends the run; condition `Finished` says how and why.
     fn end_run(&mut self, phase: RunPhase, reason: &'static str, message: String) {
         self.st.phase = Some(phase);
         self.st.finished_at = Some(time(self.input.now));
+        crate::conditions::set(&mut self.st.conditions, "Finished", true, reason, message.clone(), Some(self.input.generation), time(self.input.now));
         let note = if phase == RunPhase::Failed { Note::warning(reason, message) } else { Note::normal(reason, message) };
         self.events.push(note);
     }
@@ -289,6 +291,7 @@ impl Step<'_> {
         self.st.retry_failed_applied = Some(self.input.spec.retry_failed);
         self.st.phase = Some(if self.input.spec.suspend { RunPhase::Paused } else { RunPhase::Running });
         self.st.finished_at = None;
+        self.st.conditions.retain(|c| c.type_ != "Finished");
         self.events.push(Note::normal("RetryFailed", format!("re-running {count} failed, skipped or stopped tasks")));
     }
 
@@ -362,11 +365,13 @@ impl Step<'_> {
         self.st.progress = Some(format!("{finished}/{total}"));
         let phase = self.st.phase.unwrap_or_default();
         if finished == total && !phase.is_terminal() {
-            match self.st.tasks.iter().find(|t| t.phase != TaskPhase::Succeeded) {
+            let failed = self.st.tasks.iter().find(|t| t.phase == TaskPhase::Failed);
+            match failed.or_else(|| self.st.tasks.iter().find(|t| t.phase != TaskPhase::Succeeded)) {
                 None => self.end_run(RunPhase::Succeeded, "Succeeded", format!("all {total} tasks succeeded")),
                 Some(t) => {
-                    let message = format!("task {} ended {:?}", t.name, t.phase);
-                    self.end_run(RunPhase::Failed, "Failed", message)
+                    let why = t.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+                    let message = format!("task {} ended {:?}{why}", t.name, t.phase);
+                    self.end_run(RunPhase::Failed, "TaskFailed", message)
                 }
             }
         }

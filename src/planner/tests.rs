@@ -157,6 +157,8 @@ fn timeout_fails_the_attempt_and_deletes_its_pod() {
     assert_eq!(plan.actions, [Action::DeletePod { name: "r-a-0".into() }]);
     assert_eq!(sim.phase("a"), TaskPhase::Failed);
     assert!(sim.status.tasks[0].message.as_deref().unwrap().contains("timed out after 30s"));
+    let finished = sim.status.conditions.iter().find(|c| c.type_ == "Finished").unwrap();
+    assert_eq!(finished.message, "task a ended Failed: timed out after 30s", "the run says which timeout fired");
 }
 
 #[test]
@@ -240,6 +242,7 @@ fn retry_failed_reruns_failed_skipped_and_stopped_tasks() {
     assert_eq!(sim.status.phase, Some(RunPhase::Running));
     assert_eq!(plan.actions, [Action::CreatePod { task: "a".into(), attempt: 1 }]);
     assert_eq!(sim.status.retry_failed_applied, Some(1));
+    assert!(sim.status.conditions.iter().all(|c| c.type_ != "Finished"), "running again");
     assert!(sim.status.finished_at.is_none());
     sim.end_pod("r-a-1", 0);
     for t in 3..6 {
@@ -263,6 +266,8 @@ fn run_deadline_fails_the_run() {
     assert_eq!(sim.status.phase, Some(RunPhase::Failed));
     assert_eq!(plan.actions, [Action::DeletePod { name: "r-a-0".into() }]);
     assert!(plan.events.iter().any(|e| e.reason == "DeadlineExceeded" && e.warning));
+    let finished = sim.status.conditions.iter().find(|c| c.type_ == "Finished").unwrap();
+    assert_eq!((finished.reason.as_str(), finished.message.as_str()), ("DeadlineExceeded", "run still going after activeDeadlineSeconds=60"));
 }
 
 #[test]
