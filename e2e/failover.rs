@@ -207,3 +207,81 @@ async fn a_joining_controller_receives_runs_by_handoff() {
     drop(first);
     ns.done().await;
 }
+
+#[tokio::test]
+async fn runs_spread_over_three_and_rebalance_when_scaling_to_four_and_back() {
+    let ns = TestNs::new("scale").await;
+    let three = [ns.controller("c0"), ns.controller("c1"), ns.controller("c2")];
+    ns.apply(&workflow("slow", "", &[task("one", &[], "15s", 0, ""), task("two", &["one"], "1s", 0, "")]));
+    let names: Vec<String> = (0..24).map(|i| format!("r{i}")).collect();
+    for n in &names {
+        ns.apply(&run(n, "slow", ""));
+    }
+    let api: Api<WorkflowInstance> = ns.api();
+    let owners = |runs: &[WorkflowInstance]| runs.iter().filter_map(owner).map(|(w, _)| w).collect::<Vec<_>>();
+    let spread = wait_for("every run to be owned and running", Duration::from_secs(60), || async {
+        let runs = api.list(&Default::default()).await.map_err(|e| e.to_string())?.items;
+        let running = runs.iter().filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(RunPhase::Running)).count();
+        if running == names.len() { Ok(owners(&runs)) } else { Err(format!("{running} running")) }
+    })
+    .await;
+    assert!(spread.iter().all(|o| three.iter().any(|c| &c.identity == o)), "owners are live members: {spread:?}");
+    let distinct: std::collections::BTreeSet<&String> = spread.iter().collect();
+    assert!(distinct.len() >= 2, "runs spread over the controllers: {spread:?}");
+
+    let mut fourth = ns.controller("c3");
+    wait_for("runs to move to the fourth controller", Duration::from_secs(30), || async {
+        let runs = api.list(&Default::default()).await.map_err(|e| e.to_string())?.items;
+        let moved = runs.iter().filter(|r| owner(r).is_some_and(|(w, _)| w == "c3")).count();
+        if moved > 0 { Ok(()) } else { Err("none yet".to_string()) }
+    })
+    .await;
+    let start = Instant::now();
+    fourth.stop();
+    wait_for("the fourth controller's runs to be taken back", Duration::from_secs(30), || async {
+        let runs = api.list(&Default::default()).await.map_err(|e| e.to_string())?.items;
+        let left = runs
+            .iter()
+            .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(RunPhase::is_terminal))
+            .filter(|r| owner(r).is_none_or(|(w, _)| !three.iter().any(|c| c.identity == w)))
+            .count();
+        if left == 0 { Ok(()) } else { Err(format!("{left} runs not on c0..c2")) }
+    })
+    .await;
+    println!("scale 4 -> 3 with SIGTERM: every run back on a live controller {:?} after SIGTERM (includes the process exit)", start.elapsed());
+    for n in &names {
+        let done = wait_phase(&ns, n, |p| p.is_terminal()).await;
+        assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded), "{n}");
+        pod_epochs(&ns, n).await;
+    }
+    three.iter().for_each(ControllerProc::assert_no_panic);
+    ns.done().await;
+}
+
+/// Takeover time after kill -9, for the lease duration in
+/// `BATON_TAKEOVER_LEASE` (default 5s); prints the figure.
+#[tokio::test]
+async fn takeover_after_kill_is_bounded_by_the_lease() {
+    let lease = std::env::var("BATON_TAKEOVER_LEASE").unwrap_or_else(|_| "5s".into());
+    let ns = TestNs::new("takeover").await;
+    let flags = ["--lease-duration", lease.as_str(), "--renew-interval", "500ms"];
+    let mut c = [ControllerProc::start("alpha", &ns.name, &flags), ControllerProc::start("beta", &ns.name, &flags)];
+    ns.apply(&workflow("long", "", &[task("one", &[], "60s", 0, "")]));
+    ns.apply(&run("r1", "long", ""));
+    wait_phase(&ns, "r1", |p| p == RunPhase::Running).await;
+    let i = owner_index(&ns, "r1", &[&c[0], &c[1]]).await;
+    let survivor = c[1 - i].identity.clone();
+    c[i].kill();
+    let start = Instant::now();
+    let api: Api<WorkflowInstance> = ns.api();
+    wait_for("the survivor to take the run", Duration::from_secs(60), || async {
+        let r = api.get("r1").await.map_err(|e| e.to_string())?;
+        if owner(&r).is_some_and(|(w, _)| w == survivor) { Ok(()) } else { Err(format!("{:?}", owner(&r))) }
+    })
+    .await;
+    let took = start.elapsed();
+    let limit = humantime::parse_duration(&lease).unwrap();
+    println!("takeover after kill -9 with lease {lease}, renew 500ms: {took:?} (bound: lease + 2 x renew = {:?})", limit + Duration::from_secs(1));
+    assert!(took < limit * 2, "takeover took {took:?}");
+    ns.done().await;
+}
