@@ -14,11 +14,16 @@ use baton::api::{WorkflowInstance, WorkflowInstanceSpec, WorkflowRef};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ListParams, PostParams};
 
-const WORKFLOW: &str = "apiVersion: baton.dev/v1alpha1\nkind: Workflow\nmetadata: {name: bench}\nspec:\n  tasks:\n\
-    - {name: only, container: {name: main, image: busybox}, podTemplate: {metadata: {annotations: {baton.dev/sim-duration: 200ms}}}}\n";
+const WORKFLOW: &str = "apiVersion: baton.dev/v1alpha1\nkind: Workflow\nmetadata: {name: bench}\nspec:\n  tasks:\n  - name: only\n    container: {name: main, image: busybox}\n    podTemplate: {metadata: {annotations: {baton.dev/sim-duration: 200ms}}}\n";
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` also runs bench targets; this one is only
+    // for `cargo bench`, which passes --bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/runs: skipped outside `cargo bench` (make bench-runs)");
+        return;
+    }
     let n: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let ns = support::TestNs::new("bench").await;
     let _controllers: Vec<_> = ["c0", "c1", "c2"].iter().map(|id| ns.controller(id)).collect();
