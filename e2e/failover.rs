@@ -30,6 +30,19 @@ async fn owner_index(ns: &TestNs, name: &str, controllers: &[&ControllerProc]) -
     .await
 }
 
+/// Waits until `who` owns run `name`; returns the run and its epoch.
+async fn wait_owner(ns: &TestNs, name: &str, who: &str, timeout: Duration) -> (WorkflowInstance, i64) {
+    let api: Api<WorkflowInstance> = ns.api();
+    wait_for(&format!("{who} to own run {name}"), timeout, || async {
+        let r = api.get(name).await.map_err(|e| e.to_string())?;
+        match owner(&r) {
+            Some((w, epoch)) if w == who => Ok((r, epoch)),
+            o => Err(format!("{o:?}")),
+        }
+    })
+    .await
+}
+
 /// Every pod of the run carries the epoch that created it; checks no
 /// (task, attempt) appears twice and returns the epochs seen.
 async fn pod_epochs(ns: &TestNs, name: &str) -> Vec<(String, i64)> {
@@ -49,7 +62,6 @@ async fn killed_owner_fails_over_and_the_run_finishes_without_duplicates() {
     let mut c = [ns.controller("alpha"), ns.controller("beta")];
     ns.apply(&chain("chain"));
     ns.apply(&run("r1", "chain", ""));
-    let api: Api<WorkflowInstance> = ns.api();
     wait_for("first task to run", Duration::from_secs(30), || async {
         let pods = pods_of(&ns, "r1").await;
         if pods.is_empty() { Err("no pod yet".to_string()) } else { Ok(()) }
@@ -59,14 +71,7 @@ async fn killed_owner_fails_over_and_the_run_finishes_without_duplicates() {
     let (old, survivor) = (c[i].identity.clone(), c[1 - i].identity.clone());
     c[i].kill();
     let killed_at = Instant::now();
-    let moved = wait_for("the survivor to take the run", Duration::from_secs(30), || async {
-        let r = api.get("r1").await.map_err(|e| e.to_string())?;
-        match owner(&r) {
-            Some((who, epoch)) if who == survivor => Ok((r, epoch)),
-            o => Err(format!("{o:?}")),
-        }
-    })
-    .await;
+    let moved = wait_owner(&ns, "r1", &survivor, Duration::from_secs(30)).await;
     let takeover = killed_at.elapsed();
     println!("takeover after kill -9: {takeover:?} (lease duration {LEASE_DURATION:?})");
     let (r, epoch) = moved;
@@ -121,14 +126,7 @@ async fn sigterm_hands_runs_over_at_once_and_deletes_the_lease() {
     let start = Instant::now();
     c[i].stop();
     let api: Api<WorkflowInstance> = ns.api();
-    wait_for("the survivor to take the run", Duration::from_secs(30), || async {
-        let r = api.get("r1").await.map_err(|e| e.to_string())?;
-        match owner(&r) {
-            Some((who, _)) if who == survivor => Ok(()),
-            o => Err(format!("{o:?}")),
-        }
-    })
-    .await;
+    wait_owner(&ns, "r1", &survivor, Duration::from_secs(30)).await;
     let took = start.elapsed();
     println!("takeover after SIGTERM: {took:?}");
     assert!(took < LEASE_DURATION, "handoff does not wait for the lease to expire ({took:?})");
@@ -150,15 +148,8 @@ async fn frozen_owner_is_fenced_out_after_it_thaws() {
     wait_phase(&ns, "r1", |p| p == RunPhase::Running).await;
     let i = owner_index(&ns, "r1", &[&c[0], &c[1]]).await;
     c[i].freeze();
-    let api: Api<WorkflowInstance> = ns.api();
-    wait_for("the other controller to take the run", Duration::from_secs(30), || async {
-        let r = api.get("r1").await.map_err(|e| e.to_string())?;
-        match owner(&r) {
-            Some((who, 2)) if who == c[1 - i].identity => Ok(()),
-            o => Err(format!("{o:?}")),
-        }
-    })
-    .await;
+    let (_, epoch) = wait_owner(&ns, "r1", &c[1 - i].identity, Duration::from_secs(30)).await;
+    assert_eq!(epoch, 2);
     c[i].thaw();
     let done = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
     assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
@@ -248,7 +239,10 @@ async fn runs_spread_over_three_and_rebalance_when_scaling_to_four_and_back() {
         if left == 0 { Ok(()) } else { Err(format!("{left} runs not on c0..c2")) }
     })
     .await;
-    println!("scale 4 -> 3 with SIGTERM: every run back on a live controller {:?} after SIGTERM (includes the process exit)", start.elapsed());
+    println!(
+        "scale 4 -> 3 with SIGTERM: every run back on a live controller {:?} after SIGTERM (includes the process exit)",
+        start.elapsed()
+    );
     for n in &names {
         let done = wait_phase(&ns, n, |p| p.is_terminal()).await;
         assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded), "{n}");
@@ -273,15 +267,13 @@ async fn takeover_after_kill_is_bounded_by_the_lease() {
     let survivor = c[1 - i].identity.clone();
     c[i].kill();
     let start = Instant::now();
-    let api: Api<WorkflowInstance> = ns.api();
-    wait_for("the survivor to take the run", Duration::from_secs(60), || async {
-        let r = api.get("r1").await.map_err(|e| e.to_string())?;
-        if owner(&r).is_some_and(|(w, _)| w == survivor) { Ok(()) } else { Err(format!("{:?}", owner(&r))) }
-    })
-    .await;
+    wait_owner(&ns, "r1", &survivor, Duration::from_secs(60)).await;
     let took = start.elapsed();
     let limit = humantime::parse_duration(&lease).unwrap();
-    println!("takeover after kill -9 with lease {lease}, renew 500ms: {took:?} (bound: lease + 2 x renew = {:?})", limit + Duration::from_secs(1));
+    println!(
+        "takeover after kill -9 with lease {lease}, renew 500ms: {took:?} (bound: lease + 2 x renew = {:?})",
+        limit + Duration::from_secs(1)
+    );
     assert!(took < limit * 2, "takeover took {took:?}");
     ns.done().await;
 }

@@ -40,7 +40,10 @@ async fn parallelism_timeouts_and_fail_fast_false() {
         let running = pods_of(&ns, "p1")
             .await
             .iter()
-            .filter(|p| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Pending" | "Running")) && p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Pending" | "Running"))
+                    && p.metadata.deletion_timestamp.is_none()
+            })
             .count();
         most = most.max(running);
         let r = api.get("p1").await.unwrap();

@@ -130,7 +130,14 @@ pub(crate) fn next_owner(previous: Option<&Owner>, membership: &Membership) -> O
 }
 
 /// Sets a condition on an object's status, now.
-pub(crate) fn set_condition(conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) {
+pub(crate) fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) {
     crate::conditions::set(conditions, type_, ok, reason, message, generation, now());
 }
 

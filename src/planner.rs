@@ -189,7 +189,15 @@ impl Step<'_> {
     fn end_run(&mut self, phase: RunPhase, reason: &'static str, message: String) {
         self.st.phase = Some(phase);
         self.st.finished_at = Some(time(self.input.now));
-        crate::conditions::set(&mut self.st.conditions, "Finished", true, reason, message.clone(), Some(self.input.generation), time(self.input.now));
+        crate::conditions::set(
+            &mut self.st.conditions,
+            "Finished",
+            true,
+            reason,
+            message.clone(),
+            Some(self.input.generation),
+            time(self.input.now),
+        );
         let note = if phase == RunPhase::Failed { Note::warning(reason, message) } else { Note::normal(reason, message) };
         self.events.push(note);
     }

@@ -267,7 +267,10 @@ fn run_deadline_fails_the_run() {
     assert_eq!(plan.actions, [Action::DeletePod { name: "r-a-0".into() }]);
     assert!(plan.events.iter().any(|e| e.reason == "DeadlineExceeded" && e.warning));
     let finished = sim.status.conditions.iter().find(|c| c.type_ == "Finished").unwrap();
-    assert_eq!((finished.reason.as_str(), finished.message.as_str()), ("DeadlineExceeded", "run still going after activeDeadlineSeconds=60"));
+    assert_eq!(
+        (finished.reason.as_str(), finished.message.as_str()),
+        ("DeadlineExceeded", "run still going after activeDeadlineSeconds=60")
+    );
 }
 
 #[test]
