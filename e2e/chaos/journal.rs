@@ -293,10 +293,10 @@ impl Journal {
     fn settle_owner(&mut self, name: &str, view: &mut RunView, now: Instant) {
         let needs_owner = !view.idle() && !view.deleted;
         if !needs_owner || self.owner_live(&view.owner) {
-            if let Some((since, true)) = view.ownerless_since.take() {
-                if needs_owner {
-                    self.takeovers.push((name.to_string(), now.saturating_duration_since(since)));
-                }
+            if let Some((since, true)) = view.ownerless_since.take()
+                && needs_owner
+            {
+                self.takeovers.push((name.to_string(), now.saturating_duration_since(since)));
             }
             view.ownerless_since = None;
         } else if view.ownerless_since.is_none() {

@@ -45,7 +45,7 @@ impl Config {
     fn from_env() -> Config {
         let seed = std::env::var("CHAOS_SEED").ok().map(|s| s.parse().expect("CHAOS_SEED is a number")).unwrap_or_else(|| {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-            t.as_secs() * 1_000_003 ^ u64::from(t.subsec_nanos())
+            (t.as_secs() * 1_000_003) ^ u64::from(t.subsec_nanos())
         });
         let duration = std::env::var("CHAOS_DURATION")
             .ok()

@@ -10,9 +10,12 @@ use crate::Config;
 use crate::journal::{Journal, Made};
 use crate::support::ControllerProc;
 
+/// (run, task, attempt): what may be made at most once.
+type Key = (String, String, String);
+
 /// Objects made more than once for one (run, task, attempt).
 fn duplicates(made: &std::collections::HashMap<String, Made>, what: &str, breaks: &mut Vec<String>) -> usize {
-    let mut by_key: BTreeMap<(String, String, String), Vec<(&String, &Made)>> = BTreeMap::new();
+    let mut by_key: BTreeMap<Key, Vec<(&String, &Made)>> = BTreeMap::new();
     for (uid, m) in made {
         by_key.entry(m.key()).or_default().push((uid, m));
     }
