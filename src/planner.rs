@@ -423,25 +423,11 @@ fn aligned_tasks(workflow: &WorkflowSpec, tasks: &[TaskStatus]) -> Vec<TaskStatu
         .collect()
 }
 
-/// The API calls that make the world match `status`.
+/// The API calls that make the world match `status`. Stops come before
+/// starts, so a freed parallelism slot is free before it is reused.
 pub fn actions(status: &WorkflowInstanceStatus, spec: &WorkflowInstanceSpec, observed: &Observed) -> Vec<Action> {
     let mut out = Vec::new();
     let run_ended = status.phase.unwrap_or_default().is_terminal();
-    for t in &status.tasks {
-        let running = t.phase == TaskPhase::Running;
-        if running
-            && let Some(pod) = &t.pod_name
-            && !observed.pods.iter().any(|p| &p.name == pod)
-        {
-            out.push(Action::CreatePod { task: t.name.clone(), attempt: t.attempts - 1 });
-        }
-        if running
-            && let Some(child) = &t.child_instance
-            && !observed.children.iter().any(|c| &c.name == child)
-        {
-            out.push(Action::CreateChild { task: t.name.clone(), attempt: t.attempts - 1 });
-        }
-    }
     for pod in &observed.pods {
         let current = status.tasks.iter().any(|t| t.phase == TaskPhase::Running && t.pod_name.as_ref() == Some(&pod.name));
         if !current && !pod.deleting && matches!(pod.state, PodState::Waiting | PodState::Running) {
@@ -458,6 +444,18 @@ pub fn actions(status: &WorkflowInstanceStatus, spec: &WorkflowInstanceSpec, obs
         };
         if (suspend, shutdown) != (child.suspend, child.shutdown) {
             out.push(Action::SteerChild { name: child.name.clone(), suspend, shutdown });
+        }
+    }
+    for t in status.tasks.iter().filter(|t| t.phase == TaskPhase::Running) {
+        if let Some(pod) = &t.pod_name
+            && !observed.pods.iter().any(|p| &p.name == pod)
+        {
+            out.push(Action::CreatePod { task: t.name.clone(), attempt: t.attempts - 1 });
+        }
+        if let Some(child) = &t.child_instance
+            && !observed.children.iter().any(|c| &c.name == child)
+        {
+            out.push(Action::CreateChild { task: t.name.clone(), attempt: t.attempts - 1 });
         }
     }
     out

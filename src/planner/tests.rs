@@ -321,3 +321,14 @@ fn status_of_a_thousand_task_run_stays_well_under_a_mebibyte() {
     println!("status of a finished 1,000-task run: {bytes} bytes");
     assert!(bytes < 512 * 1024, "{bytes} bytes");
 }
+
+#[test]
+fn a_timed_out_pod_is_deleted_before_its_slot_is_reused() {
+    let mut wf = WorkflowSpec { tasks: vec![task("slow", &[]), task("next", &[])], parallelism: Some(1), ..Default::default() };
+    wf.tasks[0].timeout_seconds = Some(5);
+    wf.fail_fast = Some(false);
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    let plan = sim.step(5);
+    assert_eq!(plan.actions, [Action::DeletePod { name: "r-slow-0".into() }, Action::CreatePod { task: "next".into(), attempt: 0 }]);
+}
