@@ -361,7 +361,11 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
         observed: &observed,
         now: Timestamp::now(),
     });
-    let written = if Some(&plan.status) != run.status.as_ref() {
+    // Actions follow a successful fenced write, even when the status did not
+    // change: the write (a no-op for the API server) proves the run as read
+    // is current and ours, so a stale cached copy can never drive a create
+    // or delete.
+    let written = if Some(&plan.status) != run.status.as_ref() || !plan.actions.is_empty() {
         fence::write_status(api, &run, plan.status.clone(), Fence::Owner, &ctx.membership, &ctx.metrics).await?
     } else {
         run.clone()

@@ -225,7 +225,16 @@ async fn write(api: &Api<Lease>, membership: &Membership, mut current: Option<Le
         };
         let err = match result {
             Ok(lease) => {
-                membership.lock().renew.succeeded(attempt);
+                let mut state = membership.lock();
+                let now = Instant::now();
+                if !state.renew.valid(now) {
+                    // We were cut off (frozen, partitioned) and saw no Lease
+                    // change meanwhile: judged on our clock, every peer would
+                    // look expired. Start their clocks afresh instead of
+                    // taking live peers' runs.
+                    state.peers.restart_all(now);
+                }
+                state.renew.succeeded(attempt);
                 return Ok(lease);
             }
             Err(e) => e,

@@ -77,6 +77,12 @@ impl PeerClock {
         }
     }
 
+    /// Restarts every peer's clock at `now`. For a controller that could not
+    /// watch for a while: silence it did not hear is no evidence of death.
+    pub fn restart_all(&mut self, now: Instant) {
+        self.peers.values_mut().for_each(|p| p.changed_at = now);
+    }
+
     /// The Lease was deleted: its controller shut down cleanly and is gone now.
     pub fn remove(&mut self, name: &str) {
         self.peers.remove(name);
@@ -328,6 +334,19 @@ mod tests {
         assert!(c.is_live("a", t0 + 9 * S));
         assert!(!c.is_live("a", t0 + 10 * S));
         assert!(c.live(t0 + 11 * S).is_empty());
+    }
+
+    #[test]
+    fn silence_we_could_not_hear_is_not_death() {
+        let t0 = Instant::now();
+        let mut c = PeerClock::new();
+        c.observe("a", "1", 10 * S, t0);
+        // We were frozen from t0 to t0 + 30 s: "a" looks expired...
+        assert!(!c.is_live("a", t0 + 30 * S));
+        // ...until we restart the clocks on coming back.
+        c.restart_all(t0 + 30 * S);
+        assert!(c.is_live("a", t0 + 39 * S));
+        assert!(!c.is_live("a", t0 + 40 * S), "a peer that stays silent still expires");
     }
 
     #[test]
