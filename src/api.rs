@@ -502,6 +502,15 @@ pub struct Owner {
     pub since: Time,
 }
 
+impl Owner {
+    /// Gives the object up: no controller, same epoch, so the next claim
+    /// (epoch + 1) records a Handoff.
+    pub fn release(&mut self) {
+        self.controller.clear();
+        self.lease.clear();
+    }
+}
+
 /// One change of owner.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

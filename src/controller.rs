@@ -60,6 +60,21 @@ impl Context {
         }
     }
 
+    /// What to do with an object (run or Workflow) whose status names
+    /// `owner`: the facts this controller knows, handed to
+    /// [`ownership::decide`].
+    pub(crate) fn decide(&self, owner: Option<&Owner>, uid: &str, idle: bool) -> Decision {
+        let members = self.membership.live_members();
+        ownership::decide(ownership::Facts {
+            me: self.membership.identity(),
+            owner: owner.map(|o| o.controller.as_str()),
+            owner_live: owner.is_some_and(|o| self.membership.is_live(&o.controller)),
+            assigned: ownership::rendezvous(uid, &members),
+            idle,
+            draining: self.draining.load(Ordering::SeqCst),
+        })
+    }
+
     /// Unfinished runs this controller still owns.
     pub fn owned_unfinished(&self) -> usize {
         self.owned.lock().expect("poisoned").values().filter(|p| !p.is_terminal()).count()
@@ -164,21 +179,9 @@ async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<
     }
     let api: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let status = run.status.clone().unwrap_or_default();
-    let members = ctx.membership.live_members();
     let uid = run.uid().unwrap_or_default();
-    let assigned = ownership::rendezvous(&uid, &members);
-    let phase = status.phase.unwrap_or_default();
-    let idle = phase.is_terminal() && status.observed_generation == run.metadata.generation;
-    let owner = status.owner.as_ref();
-    let decision = ownership::decide(ownership::Facts {
-        me: ctx.membership.identity(),
-        owner: owner.map(|o| o.controller.as_str()),
-        owner_live: owner.is_some_and(|o| ctx.membership.is_live(&o.controller)),
-        assigned,
-        idle,
-        draining: ctx.draining.load(Ordering::SeqCst),
-    });
-    match decision {
+    let idle = status.phase.unwrap_or_default().is_terminal() && status.observed_generation == run.metadata.generation;
+    match ctx.decide(status.owner.as_ref(), &uid, idle) {
         Decision::Leave => {
             ctx.track(&uid, None);
             Ok(Requeue::await_change())
@@ -223,8 +226,7 @@ async fn release(
     ctx: &Context,
 ) -> Result<Requeue, Error> {
     if let Some(owner) = status.owner.as_mut() {
-        owner.controller.clear();
-        owner.lease.clear();
+        owner.release();
     }
     let written = fence::write_status(api, run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
     ctx.metrics.releases.inc();

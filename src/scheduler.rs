@@ -9,7 +9,6 @@
 //! started twice.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,7 +24,7 @@ use crate::api::{Workflow, WorkflowInstance};
 use crate::controller::{Context, Error, check_workflow, next_owner, scoped, set_condition};
 use crate::fence::{self, Fence};
 use crate::objects::{self, LABEL_SCHEDULED_BY};
-use crate::ownership::{self, Decision};
+use crate::ownership::Decision;
 use crate::schedule;
 
 /// Longest wait before a workflow is looked at again.
@@ -50,22 +49,12 @@ async fn reconcile_workflow(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Requ
     }
     let api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &wf.namespace().unwrap_or_default());
     let mut status = wf.status.clone().unwrap_or_default();
-    let members = ctx.membership.live_members();
-    let owner = status.owner.as_ref();
-    let decision = ownership::decide(ownership::Facts {
-        me: ctx.membership.identity(),
-        owner: owner.map(|o| o.controller.as_str()),
-        owner_live: owner.is_some_and(|o| ctx.membership.is_live(&o.controller)),
-        assigned: ownership::rendezvous(&wf.uid().unwrap_or_default(), &members),
-        idle: false,
-        draining: ctx.draining.load(Ordering::SeqCst),
-    });
-    let wf = match decision {
+    // A schedule is never idle: someone must always own it.
+    let wf = match ctx.decide(status.owner.as_ref(), &wf.uid().unwrap_or_default(), false) {
         Decision::Leave => return Ok(Requeue::await_change()),
         Decision::Release => {
-            if let Some(o) = status.owner.as_mut() {
-                o.controller.clear();
-                o.lease.clear();
+            if let Some(owner) = status.owner.as_mut() {
+                owner.release();
             }
             fence::write_status(&api, &wf, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
             info!("released workflow");
