@@ -288,6 +288,24 @@ pub struct WorkflowStatus {
     /// starting deadline.
     #[serde(default)]
     pub missed_ticks: i64,
+    /// A tick being started: recorded before its run is created (and before
+    /// `Replace` stops earlier runs), cleared once that is done, so a new
+    /// owner finishes it instead of losing or repeating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_tick: Option<StartingTick>,
+}
+
+/// The intent to start the run of one tick.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartingTick {
+    /// The scheduled time of the tick.
+    pub time: Time,
+    /// The run to create for it.
+    pub run: String,
+    /// Runs of earlier ticks to stop first (`concurrencyPolicy: Replace`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
 }
 
 /// One run of a workflow.
@@ -470,6 +488,19 @@ pub struct WorkflowInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "snapshot_schema")]
     pub workflow_spec: Option<WorkflowSpec>,
+}
+
+/// Condition of a finished run that nothing of it is still running: until
+/// it is True, the run's owner keeps cleaning up (deleting pods, stopping
+/// children), retrying after errors.
+pub const CONDITION_CLEANED_UP: &str = "CleanedUp";
+
+impl WorkflowInstanceStatus {
+    /// Finished, and no pod or child of the run is still running.
+    pub fn cleaned_up(&self) -> bool {
+        self.phase.is_some_and(RunPhase::is_terminal)
+            && self.conditions.iter().any(|c| c.type_ == CONDITION_CLEANED_UP && c.status == "True")
+    }
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -19,15 +19,16 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{
-    Owner, OwnerChange, OwnerChangeReason, RunPhase, TaskPhase, Workflow, WorkflowInstance, WorkflowInstanceStatus, WorkflowSpec,
+    CONDITION_CLEANED_UP, Owner, OwnerChange, OwnerChangeReason, RunPhase, TaskPhase, Workflow, WorkflowInstance, WorkflowInstanceStatus,
+    WorkflowSpec,
 };
 use crate::dag::{self, Dag};
 use crate::fence::{self, Fence, FenceError};
 use crate::lease::Membership;
 use crate::metrics::{ClaimLabel, ErrorLabel, Metrics, PhaseLabel};
-use crate::objects::{self, LABEL_INSTANCE, LABEL_PARENT, LABEL_TASK};
+use crate::objects::{self, ANNOTATION_PARENT_STOP, ANNOTATION_PARENT_SUSPEND, Belongs, LABEL_INSTANCE, LABEL_PARENT, LABEL_TASK};
 use crate::ownership::{self, Decision};
-use crate::planner::{self, Action, Observed, ObservedChild, ObservedPod, PodState};
+use crate::planner::{self, Action, ChildRequest, Observed, ObservedChild, ObservedPod, Passed, PodState};
 
 /// Owner changes kept in `status.ownerHistory`.
 const OWNER_HISTORY: usize = 10;
@@ -180,7 +181,7 @@ async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<
     let api: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let status = run.status.clone().unwrap_or_default();
     let uid = run.uid().unwrap_or_default();
-    let idle = status.phase.unwrap_or_default().is_terminal() && status.observed_generation == run.metadata.generation;
+    let idle = status.cleaned_up() && status.observed_generation == run.metadata.generation;
     match ctx.decide(status.owner.as_ref(), &uid, idle) {
         Decision::Leave => {
             ctx.track(&uid, None);
@@ -246,6 +247,15 @@ async fn reject(
     ctx: &Context,
 ) -> Result<Requeue, Error> {
     set_condition(&mut status.conditions, "Valid", false, reason, message.clone(), run.metadata.generation);
+    // A run that could not start has nothing to clean up.
+    set_condition(
+        &mut status.conditions,
+        CONDITION_CLEANED_UP,
+        true,
+        "NeverStarted",
+        "the run started nothing".into(),
+        run.metadata.generation,
+    );
     status.phase = Some(RunPhase::Failed);
     status.finished_at = Some(now());
     status.observed_generation = run.metadata.generation;
@@ -278,22 +288,28 @@ pub(crate) async fn check_workflow(
     Ok((!problems.is_empty()).then(|| problems.join("; ")))
 }
 
-async fn observe(ctx: &Context, ns: &str, run: &str) -> Result<Observed, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let runs: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), ns);
-    let (pod_selector, child_selector) = (format!("{LABEL_INSTANCE}={run}"), format!("{LABEL_PARENT}={run}"));
+/// Lists the run's pods and child runs, by label, from the API server. Only
+/// those whose controller ownerReference carries the run's UID count.
+async fn observe(ctx: &Context, run: &WorkflowInstance) -> Result<Observed, Error> {
+    let (ns, name, uid) = (run.namespace().unwrap_or_default(), run.name_any(), run.uid().unwrap_or_default());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let runs: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let (pod_selector, child_selector) = (format!("{LABEL_INSTANCE}={name}"), format!("{LABEL_PARENT}={name}"));
     let (pod_params, child_params) = (ListParams::default().labels(&pod_selector), ListParams::default().labels(&child_selector));
     let (pods, children) = futures::try_join!(pods.list(&pod_params), runs.list(&child_params))?;
     Ok(Observed {
-        pods: pods.into_iter().map(observed_pod).collect(),
+        pods: pods.into_iter().filter(|p| objects::controlled_by(&p.metadata, &uid)).map(observed_pod).collect(),
         children: children
             .into_iter()
+            .filter(|c| objects::controlled_by(&c.metadata, &uid))
             .map(|c| ObservedChild {
                 task: c.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
                 name: c.name_any(),
                 phase: c.status.as_ref().and_then(|s| s.phase),
-                suspend: c.spec.suspend,
-                shutdown: c.spec.shutdown,
+                passed: Passed {
+                    suspend: c.annotations().get(ANNOTATION_PARENT_SUSPEND).and_then(|v| v.parse().ok()),
+                    stop: c.annotations().contains_key(ANNOTATION_PARENT_STOP),
+                },
             })
             .collect(),
     })
@@ -352,7 +368,7 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
         (Ok(d), Ok(v)) => (d, v),
         (Err(p), _) | (_, Err(p)) => return reject(api, &run, status, "InvalidWorkflow", dag::summarize(&p), ctx).await,
     };
-    let observed = observe(ctx, &ns, &name).await?;
+    let observed = observe(ctx, &run).await?;
     let plan = planner::plan(&planner::Input {
         run_name: &name,
         generation: run.metadata.generation.unwrap_or_default(),
@@ -378,18 +394,23 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
         ctx.event(&written, note.warning, note.reason, note.message.clone());
     }
     let epoch = plan.status.owner.as_ref().map_or(0, |o| o.epoch);
-    let mut failed_creates = Vec::new();
+    let (mut failures, mut waiting) = (Vec::new(), false);
     for action in &plan.actions {
         if !ctx.membership.valid() {
             ctx.metrics.fenced_writes_refused.inc();
             return Ok(Requeue::requeue(Duration::from_secs(1)));
         }
-        if let Err(message) = carry_out(ctx, &written, &workflow, &values, epoch, action).await? {
-            failed_creates.push(message);
+        match carry_out(ctx, &written, &workflow, &values, epoch, action).await? {
+            Done::Yes => {}
+            Done::Wait => waiting = true,
+            Done::TaskFails(failure) => failures.push(failure),
         }
     }
-    if !failed_creates.is_empty() {
-        return fail_tasks(api, written, failed_creates, ctx).await;
+    if !failures.is_empty() {
+        return fail_tasks(api, written, failures, ctx).await;
+    }
+    if waiting {
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
     }
     let requeue = if plan.status.phase.unwrap_or_default().is_terminal() { None } else { plan.requeue_after };
     Ok(Requeue::requeue(requeue.unwrap_or(RESYNC).min(RESYNC)))
@@ -423,8 +444,25 @@ fn task_phase_name(p: TaskPhase) -> &'static str {
     }
 }
 
-/// Makes one API call of a plan. `Ok(Err(message))` means the object could
-/// not be built or was refused as invalid: the task fails with that message.
+/// How one API call of a plan went, when it did not fail outright.
+enum Done {
+    Yes,
+    /// The name is taken by what a deleted predecessor left behind; the
+    /// garbage collector removes it shortly, then the call is made again.
+    Wait,
+    /// The task cannot go on: its object could not be built, was refused as
+    /// invalid, or its name belongs to someone else.
+    TaskFails(Failure),
+}
+
+/// A task that fails because its pod or child could not be created.
+struct Failure {
+    task: String,
+    reason: &'static str,
+    message: String,
+}
+
+/// Makes one API call of a plan.
 async fn carry_out(
     ctx: &Context,
     run: &WorkflowInstance,
@@ -432,54 +470,84 @@ async fn carry_out(
     values: &BTreeMap<String, String>,
     epoch: i64,
     action: &Action,
-) -> Result<Result<(), (String, String)>, Error> {
+) -> Result<Done, Error> {
     let ns = run.namespace().unwrap_or_default();
     let task_spec = |task: &str| workflow.tasks.iter().find(|t| t.name == task).expect("planned tasks exist");
-    let created = match action {
+    let invalid = |task: &str, message: String| Done::TaskFails(Failure { task: task.to_string(), reason: "TaskFailed", message });
+    match action {
         Action::CreatePod { task, attempt } => match objects::pod(run, task_spec(task), *attempt, values, epoch) {
-            Ok(pod) => Api::<Pod>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &pod).await.map(|_| ()),
-            Err(message) => return Ok(Err((task.clone(), message))),
+            Ok(pod) => create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod).await,
+            Err(message) => Ok(invalid(task, message)),
         },
         Action::CreateChild { task, attempt } => match objects::child(run, task_spec(task), *attempt, values, epoch) {
-            Ok(child) => {
-                Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &child).await.map(|_| ())
-            }
-            Err(message) => return Ok(Err((task.clone(), message))),
+            Ok(child) => create(ctx, run, task, &Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns), &child).await,
+            Err(message) => Ok(invalid(task, message)),
         },
-        Action::DeletePod { name } => {
-            return match Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(name, &DeleteParams::default()).await {
-                Ok(_) => Ok(Ok(())),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(Ok(())),
-                Err(e) => Err(e.into()),
+        Action::DeletePod { name } => match Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(Done::Yes),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Done::Yes),
+            Err(e) => Err(e.into()),
+        },
+        Action::SteerChild { name, request } => {
+            // The annotation records what was passed on, in the same patch.
+            let patch = match request {
+                ChildRequest::Suspend(s) => serde_json::json!({
+                    "metadata": {"annotations": {ANNOTATION_PARENT_SUSPEND: s.to_string()}},
+                    "spec": {"suspend": s},
+                }),
+                ChildRequest::Stop => serde_json::json!({
+                    "metadata": {"annotations": {ANNOTATION_PARENT_STOP: "true"}},
+                    "spec": {"shutdown": "Stop"},
+                }),
             };
-        }
-        Action::SteerChild { name, suspend, shutdown } => {
-            let patch = serde_json::json!({"spec": {"suspend": suspend, "shutdown": shutdown}});
             let api = Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns);
-            return match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => Ok(Ok(())),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(Ok(())),
+            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => Ok(Done::Yes),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(Done::Yes),
                 Err(e) => Err(e.into()),
-            };
+            }
         }
-    };
-    let task = match action {
-        Action::CreatePod { task, .. } | Action::CreateChild { task, .. } => task.clone(),
-        _ => unreachable!("only creates get here"),
-    };
-    match created {
-        Ok(()) => {
-            debug!(?action, "created");
-            Ok(Ok(()))
+    }
+}
+
+/// Creates a pod or child run of `task`. `AlreadyExists` is adoption only
+/// when the object's controller ownerReference carries the run's UID.
+async fn create<K>(ctx: &Context, run: &WorkflowInstance, task: &str, api: &Api<K>, object: &K) -> Result<Done, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let name = object.meta().name.clone().unwrap_or_default();
+    let refused = |reason, message| Ok(Done::TaskFails(Failure { task: task.to_string(), reason, message }));
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => {
+            debug!(%kind, %name, "created");
+            Ok(Done::Yes)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            // Deterministic name: it exists because an earlier owner (or an
-            // earlier attempt of ours) created it. Adopt it.
-            ctx.metrics.adopted.inc();
-            debug!(?action, "adopted existing object");
-            Ok(Ok(()))
+            let Some(existing) = api.get_opt(&name).await? else {
+                return Ok(Done::Wait); // gone meanwhile: create it next time
+            };
+            match objects::belongs(existing.meta(), "WorkflowInstance", &run.name_any(), &run.uid().unwrap_or_default()) {
+                Belongs::Ours => {
+                    // Created by an earlier owner, or an earlier call of ours.
+                    ctx.metrics.adopted.inc();
+                    debug!(%kind, %name, "adopted existing object");
+                    Ok(Done::Yes)
+                }
+                Belongs::Predecessor => {
+                    debug!(%kind, %name, "name still taken by a deleted predecessor's object; waiting for the garbage collector");
+                    Ok(Done::Wait)
+                }
+                Belongs::Foreign(whose) => {
+                    warn!(%kind, %name, %whose, "name collision");
+                    refused("NameCollision", format!("{kind} {name} already exists and is not this run's: {whose}; it is left alone"))
+                }
+            }
         }
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => Ok(Err((task, format!("rejected by the API server: {}", s.message)))),
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            refused("TaskFailed", format!("rejected by the API server: {}", s.message))
+        }
         Err(kube::Error::Api(s)) if s.code == 403 => {
             // Quota or policy: may clear up, so the task waits and is retried,
             // but never silently.
@@ -491,23 +559,18 @@ async fn carry_out(
 }
 
 /// Marks tasks whose pod or child could not be created as Failed.
-async fn fail_tasks(
-    api: &Api<WorkflowInstance>,
-    run: WorkflowInstance,
-    failures: Vec<(String, String)>,
-    ctx: &Context,
-) -> Result<Requeue, Error> {
+async fn fail_tasks(api: &Api<WorkflowInstance>, run: WorkflowInstance, failures: Vec<Failure>, ctx: &Context) -> Result<Requeue, Error> {
     let mut status = run.status.clone().unwrap_or_default();
-    for (task, message) in &failures {
-        if let Some(t) = status.tasks.iter_mut().find(|t| &t.name == task) {
+    for f in &failures {
+        if let Some(t) = status.tasks.iter_mut().find(|t| t.name == f.task) {
             t.phase = TaskPhase::Failed;
             t.finished_at = Some(now());
-            t.message = Some(message.clone());
+            t.message = Some(f.message.clone());
         }
     }
     let written = fence::write_status(api, &run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
-    for (task, message) in failures {
-        ctx.event(&written, true, "TaskFailed", format!("task {task}: {message}"));
+    for f in failures {
+        ctx.event(&written, true, f.reason, format!("task {}: {}", f.task, f.message));
     }
     Ok(Requeue::requeue(Duration::ZERO))
 }

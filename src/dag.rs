@@ -225,6 +225,7 @@ pub fn validate(spec: &WorkflowSpec) -> Vec<Problem> {
             ));
         }
     }
+    problems.extend(child_name_collisions(spec));
     if let Some(s) = &spec.schedule {
         if let Err(e) = schedule::parse(s) {
             problems.push(Problem::workflow(e));
@@ -269,26 +270,49 @@ pub fn workflow_cycle<F>(start: &str, refs: F) -> Option<Vec<String>>
 where
     F: Fn(&str) -> Option<Vec<String>>,
 {
+    // Depth-first with an explicit stack: a long chain of workflowRefs must
+    // not overflow the controller's stack. Each frame is a workflow on the
+    // path and the references of it still to try.
     let mut visited = BTreeSet::new();
-    let mut path = vec![start.to_string()];
-    fn walk<F: Fn(&str) -> Option<Vec<String>>>(start: &str, path: &mut Vec<String>, visited: &mut BTreeSet<String>, refs: &F) -> bool {
-        let current = path.last().cloned().expect("path is never empty");
-        for next in refs(&current).unwrap_or_default() {
-            if next == start {
-                path.push(next);
-                return true;
-            }
-            if visited.insert(next.clone()) {
-                path.push(next);
-                if walk(start, path, visited, refs) {
-                    return true;
-                }
-                path.pop();
-            }
+    let mut stack: Vec<(String, std::vec::IntoIter<String>)> = vec![(start.to_string(), refs(start).unwrap_or_default().into_iter())];
+    while let Some((_, pending)) = stack.last_mut() {
+        let Some(next) = pending.next() else {
+            stack.pop();
+            continue;
+        };
+        if next == start {
+            let mut path: Vec<String> = stack.into_iter().map(|(name, _)| name).collect();
+            path.push(next);
+            return Some(path);
         }
-        false
+        if visited.insert(next.clone()) {
+            let onward = refs(&next).unwrap_or_default().into_iter();
+            stack.push((next, onward));
+        }
     }
-    walk(start, &mut path, &mut visited, &refs).then_some(path)
+    None
+}
+
+/// Child runs are named `<run>-<task>`, and `<run>-<task>-<n>` for attempt
+/// n: a workflowRef task named like another's retry (`load` and `load-1`)
+/// would make two children share a name. Pod names cannot collide within a
+/// run (they always end in the attempt number).
+fn child_name_collisions(spec: &WorkflowSpec) -> Vec<Problem> {
+    let children: BTreeSet<&str> = spec.tasks.iter().filter(|t| t.workflow_ref.is_some()).map(|t| t.name.as_str()).collect();
+    let mut problems = Vec::new();
+    for name in &children {
+        let Some((base, attempt)) = name.rsplit_once('-') else { continue };
+        let is_attempt = !attempt.is_empty() && attempt.bytes().all(|b| b.is_ascii_digit()) && !attempt.starts_with('0');
+        if is_attempt && children.contains(base) {
+            problems.push(Problem::task(
+                name,
+                format!(
+                    "its child run would have the same name as the child run of attempt {attempt} of task {base:?}; rename one of them"
+                ),
+            ));
+        }
+    }
+    problems
 }
 
 /// The workflows a spec's tasks refer to, in task order, without repeats.
@@ -437,6 +461,73 @@ mod tests {
         assert_eq!(workflow_cycle("d", refs), None, "d reaches a cycle but not itself");
         let self_ref = |_: &str| Some(vec!["s".to_string()]);
         assert_eq!(workflow_cycle("s", self_ref).unwrap(), ["s", "s"]);
+    }
+
+    #[test]
+    fn a_long_reference_chain_does_not_overflow_the_stack() {
+        let n = 200_000;
+        let refs = |w: &str| {
+            let i: usize = w[1..].parse().unwrap();
+            Some(if i + 1 < n { vec![format!("w{}", i + 1)] } else { vec!["w0".to_string()] })
+        };
+        let chain = workflow_cycle("w0", refs).unwrap();
+        assert_eq!((chain.len(), chain[0].as_str(), chain[n].as_str()), (n + 1, "w0", "w0"));
+        let open = |w: &str| {
+            let i: usize = w[1..].parse().unwrap();
+            Some(if i + 1 < n { vec![format!("w{}", i + 1)] } else { vec![] })
+        };
+        assert_eq!(workflow_cycle("w0", open), None);
+    }
+
+    fn child_task(name: &str) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            workflow_ref: Some(TaskWorkflowRef { name: "sub".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn child_runs_that_would_share_a_name_are_refused() {
+        let m = messages(&spec(vec![child_task("load"), child_task("load-1"), child_task("load-0"), child_task("load-x")]));
+        assert_eq!(
+            m,
+            ["task \"load-1\": its child run would have the same name as the child run of attempt 1 of task \"load\"; rename one of them"]
+        );
+        // Pods always end in the attempt, so container tasks cannot collide.
+        assert!(messages(&spec(vec![container_task("load", &[]), container_task("load-1", &[])])).is_empty());
+        assert!(messages(&spec(vec![container_task("load", &[]), child_task("load-1")])).is_empty());
+    }
+
+    /// Every name a run's objects get, for a few attempts, is distinct
+    /// whenever validation accepts the workflow.
+    #[test]
+    fn accepted_workflows_generate_distinct_names() {
+        let names = ["a", "a-1", "a-2", "a-10", "b", "a-b", "b-1", "a-1-1"];
+        for mask in 0u32..(1 << names.len()) {
+            for kinds in [0u32, mask, !0] {
+                let tasks: Vec<TaskSpec> = names
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(i, n)| if kinds & (1 << i) != 0 { child_task(n) } else { container_task(n, &[]) })
+                    .collect();
+                if tasks.is_empty() || !validate(&spec(tasks.clone())).is_empty() {
+                    continue;
+                }
+                let mut seen = BTreeSet::new();
+                for t in &tasks {
+                    for attempt in 0..12 {
+                        let name = if t.workflow_ref.is_some() {
+                            format!("child/{}", crate::naming::child("r", &t.name, attempt))
+                        } else {
+                            format!("pod/{}", crate::naming::pod("r", &t.name, attempt))
+                        };
+                        assert!(seen.insert(name.clone()), "{name} twice in {:?}", tasks.iter().map(|t| &t.name).collect::<Vec<_>>());
+                    }
+                }
+            }
+        }
     }
 
     /// A random DAG: task i may depend only on tasks with a smaller index.

@@ -20,10 +20,45 @@ pub const LABEL_SCHEDULED_BY: &str = "baton.dev/scheduled-by";
 pub const ANNOTATION_SCHEDULED_TIME: &str = "baton.dev/scheduled-time";
 /// Epoch of the owner that created the object: evidence of who did what.
 pub const ANNOTATION_OWNER_EPOCH: &str = "baton.dev/owner-epoch";
+/// On a child run: the last `spec.suspend` its parent passed on to it.
+pub const ANNOTATION_PARENT_SUSPEND: &str = "baton.dev/parent-suspend";
+/// On a child run: its parent asked it to stop (its task or the parent ended).
+pub const ANNOTATION_PARENT_STOP: &str = "baton.dev/parent-stop";
 /// Nesting depth of a child run (a top-level run has none, i.e. 0).
 pub const ANNOTATION_DEPTH: &str = "baton.dev/depth";
 /// Deepest nesting of child runs.
 pub const MAX_DEPTH: u32 = 8;
+
+/// Whose an object found by name or label is. Only the controller
+/// ownerReference's UID counts: labels and names can be shared by accident
+/// (another run's generated name, a run deleted and created again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Belongs {
+    /// Controlled by the owner with this UID.
+    Ours,
+    /// Controlled by an earlier object of the same kind and name, now
+    /// deleted: the garbage collector is about to remove it; wait for that.
+    Predecessor,
+    /// Anyone else's, or nobody's: a name collision, described for people.
+    Foreign(String),
+}
+
+/// Whose `object` is, seen from the owner `kind`/`name`/`uid`.
+pub fn belongs(object: &ObjectMeta, kind: &str, name: &str, uid: &str) -> Belongs {
+    let controller = object.owner_references.iter().flatten().find(|r| r.controller == Some(true));
+    match controller {
+        Some(r) if r.uid == uid => Belongs::Ours,
+        Some(r) if r.kind == kind && r.name == name => Belongs::Predecessor,
+        _ if object.deletion_timestamp.is_some() => Belongs::Predecessor,
+        Some(r) => Belongs::Foreign(format!("it belongs to {} {} (uid {})", r.kind, r.name, r.uid)),
+        None => Belongs::Foreign("it belongs to no controller".into()),
+    }
+}
+
+/// Whether `object` is controlled by the owner with `uid`.
+pub fn controlled_by(object: &ObjectMeta, uid: &str) -> bool {
+    object.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+}
 
 fn owner_reference(run: &WorkflowInstance) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
     run.controller_owner_ref(&()).expect("a stored run has a name and uid")
@@ -123,8 +158,14 @@ pub fn child(
         ]
         .into(),
     );
-    child.metadata.annotations =
-        Some([(ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()), (ANNOTATION_DEPTH.to_string(), depth.to_string())].into());
+    child.metadata.annotations = Some(
+        [
+            (ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()),
+            (ANNOTATION_DEPTH.to_string(), depth.to_string()),
+            (ANNOTATION_PARENT_SUSPEND.to_string(), run.spec.suspend.to_string()),
+        ]
+        .into(),
+    );
     child.metadata.owner_references = Some(vec![owner_reference(run)]);
     Ok(child)
 }
@@ -215,5 +256,28 @@ mod tests {
         assert_eq!(child(&run(None), &task, 2, &values(), 2).unwrap().metadata.name.as_deref(), Some("etl-1-load-2"));
         let err = child(&run(Some("8")), &task, 0, &values(), 2).unwrap_err();
         assert!(err.contains("deeper than 8"), "{err}");
+        assert_eq!(c.metadata.annotations.as_ref().unwrap()[ANNOTATION_PARENT_SUSPEND], "false", "records what it passed on");
+    }
+
+    #[test]
+    fn only_the_controller_uid_makes_an_object_ours() {
+        let parent = run(None);
+        let task = TaskSpec { name: "t".into(), container: Some(Container::default()), ..Default::default() };
+        let p = pod(&parent, &task, 0, &values(), 1).unwrap();
+        assert_eq!(belongs(&p.metadata, "WorkflowInstance", "etl-1", "uid-1"), Belongs::Ours);
+        assert!(controlled_by(&p.metadata, "uid-1"));
+        assert!(!controlled_by(&p.metadata, "uid-2"));
+        // The same name, created again: the old run's pod waits for the GC.
+        assert_eq!(belongs(&p.metadata, "WorkflowInstance", "etl-1", "uid-2"), Belongs::Predecessor);
+        // Another run whose generated name happens to be the same.
+        match belongs(&p.metadata, "WorkflowInstance", "etl", "uid-3") {
+            Belongs::Foreign(why) => assert_eq!(why, "it belongs to WorkflowInstance etl-1 (uid uid-1)"),
+            other => panic!("{other:?}"),
+        }
+        let mut orphan = p.metadata.clone();
+        orphan.owner_references = None;
+        assert_eq!(belongs(&orphan, "WorkflowInstance", "etl-1", "uid-1"), Belongs::Foreign("it belongs to no controller".into()));
+        orphan.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(belongs(&orphan, "WorkflowInstance", "etl-1", "uid-1"), Belongs::Predecessor, "going away: wait");
     }
 }

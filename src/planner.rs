@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::api::{RunPhase, Shutdown, TaskPhase, TaskStatus, WorkflowInstanceSpec, WorkflowInstanceStatus, WorkflowSpec};
+use crate::api::{CONDITION_CLEANED_UP, RunPhase, TaskPhase, TaskStatus, WorkflowInstanceSpec, WorkflowInstanceStatus, WorkflowSpec};
 use crate::dag::Dag;
 use crate::naming;
 
@@ -43,8 +43,20 @@ pub struct ObservedChild {
     pub name: String,
     pub task: String,
     pub phase: Option<RunPhase>,
-    pub suspend: bool,
-    pub shutdown: Shutdown,
+    /// What the parent has passed on to it so far (its annotations).
+    pub passed: Passed,
+}
+
+/// The requests a parent has passed on to a child run, recorded on the
+/// child itself. The parent compares its wishes with this record, never
+/// with the child's spec, so a request someone made on the child directly
+/// is never undone by the parent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Passed {
+    /// The last `suspend` the parent asked for.
+    pub suspend: Option<bool>,
+    /// The parent asked the child to stop.
+    pub stop: bool,
 }
 
 /// What exists of a run's pods and children, listed by label.
@@ -70,12 +82,21 @@ pub enum Action {
     DeletePod {
         name: String,
     },
-    /// Bring a child run's requests in line with the parent's.
+    /// Pass a request of the parent on to a child run.
     SteerChild {
         name: String,
-        suspend: bool,
-        shutdown: Shutdown,
+        request: ChildRequest,
     },
+}
+
+/// What a parent passes on to a child run. There is no request that clears
+/// a child's `spec.shutdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildRequest {
+    /// Set its `spec.suspend` (the parent paused or resumed).
+    Suspend(bool),
+    /// Set its `spec.shutdown` to Stop (its task or the parent ended).
+    Stop,
 }
 
 /// An Event to record on the run once the status write succeeded.
@@ -123,6 +144,13 @@ fn time(t: Timestamp) -> Time {
 
 fn after(t: &Time, seconds: i64) -> Timestamp {
     t.0.saturating_add(SignedDuration::from_secs(seconds)).unwrap_or(Timestamp::MAX)
+}
+
+/// How a running task's pod or child run ended.
+enum Outcome {
+    Succeeded(Option<i32>),
+    Failed(String),
+    Stopped(String),
 }
 
 /// Working state: the status being built and the notes gathered.
@@ -217,8 +245,8 @@ impl Step<'_> {
             };
             let outcome = if let Some(pod) = t.pod_name.as_ref().and_then(|n| observed.pods.iter().find(|p| &p.name == n)) {
                 match pod.state {
-                    PodState::Succeeded => Some(Ok(pod.exit_code)),
-                    PodState::Failed => Some(Err(match (&pod.exit_code, &pod.reason) {
+                    PodState::Succeeded => Some(Outcome::Succeeded(pod.exit_code)),
+                    PodState::Failed => Some(Outcome::Failed(match (&pod.exit_code, &pod.reason) {
                         (Some(code), Some(r)) => format!("pod {} failed: exit code {code} ({r})", pod.name),
                         (Some(code), None) => format!("pod {} failed: exit code {code}", pod.name),
                         (None, r) => format!("pod {} failed: {}", pod.name, r.as_deref().unwrap_or("no reason given")),
@@ -227,30 +255,34 @@ impl Step<'_> {
                 }
             } else if let Some(child) = t.child_instance.as_ref().and_then(|n| observed.children.iter().find(|c| &c.name == n)) {
                 match child.phase {
-                    Some(RunPhase::Succeeded) => Some(Ok(None)),
-                    Some(p @ (RunPhase::Failed | RunPhase::Stopped)) => Some(Err(format!("child run {} ended {}", child.name, p.as_str()))),
+                    Some(RunPhase::Succeeded) => Some(Outcome::Succeeded(None)),
+                    Some(RunPhase::Failed) => Some(Outcome::Failed(format!("child run {} ended Failed", child.name))),
+                    // The parent never stops a current child: someone asked
+                    // the child itself to stop. The task ends as asked, and
+                    // is not retried.
+                    Some(RunPhase::Stopped) => Some(Outcome::Stopped(format!("child run {} was stopped by its spec.shutdown", child.name))),
                     _ => None,
                 }
             } else {
                 None
             };
-            let exit_code = match &outcome {
-                Some(Ok(code)) => *code,
-                _ => None,
-            };
+            let name = self.input.workflow.tasks[i].name.clone();
             match outcome {
-                Some(Ok(_)) => {
+                Some(Outcome::Succeeded(exit_code)) => {
                     self.task(i).exit_code = exit_code;
                     self.finish_task(i, TaskPhase::Succeeded, None);
                     self.task(i).message = None;
-                    let name = self.input.workflow.tasks[i].name.clone();
                     self.events.push(Note::normal("TaskSucceeded", format!("task {name} succeeded")));
                 }
-                Some(Err(why)) => {
+                Some(Outcome::Failed(why)) => {
                     if let Some(pod) = t.pod_name.as_ref().and_then(|n| observed.pods.iter().find(|p| &p.name == n)) {
                         self.task(i).exit_code = pod.exit_code;
                     }
                     self.attempt_failed(i, why);
+                }
+                Some(Outcome::Stopped(why)) => {
+                    self.events.push(Note::normal("TaskStopped", format!("task {name}: {why}")));
+                    self.finish_task(i, TaskPhase::Stopped, Some(why));
                 }
                 None if timed_out => self.attempt_failed(i, format!("timed out after {}s", timeout.unwrap_or_default())),
                 None => {}
@@ -271,35 +303,52 @@ impl Step<'_> {
                     self.retry_failed();
                 }
             }
-        } else if spec.shutdown.requested() {
-            self.end_unfinished(TaskPhase::Stopped, TaskPhase::Stopped, "stopped by spec.shutdown");
-            self.end_run(RunPhase::Stopped, "Stopped", format!("run stopped by spec.shutdown={:?}", spec.shutdown));
-        } else if spec.suspend && phase != RunPhase::Paused {
-            self.st.phase = Some(RunPhase::Paused);
-            self.events.push(Note::normal("Paused", "run paused by spec.suspend: no new task starts".into()));
-        } else if !spec.suspend && phase == RunPhase::Paused {
-            self.st.phase = Some(RunPhase::Running);
-            self.events.push(Note::normal("Resumed", "run resumed".into()));
+        } else {
+            if spec.retry_failed > applied {
+                // Recorded as seen, so it does not fire later by surprise
+                // when the run ends; the user is told to ask again.
+                self.st.retry_failed_applied = Some(spec.retry_failed);
+                self.events.push(Note::warning(
+                    "RetryIgnored",
+                    format!(
+                        "retryFailed={} ignored: the run is still {}; retryFailed re-runs tasks of a finished run, increase it again once the run has ended",
+                        spec.retry_failed,
+                        phase.as_str()
+                    ),
+                ));
+            }
+            if spec.shutdown.requested() {
+                self.end_unfinished(TaskPhase::Stopped, TaskPhase::Stopped, "stopped by spec.shutdown");
+                self.end_run(RunPhase::Stopped, "Stopped", format!("run stopped by spec.shutdown={:?}", spec.shutdown));
+            } else if spec.suspend && phase != RunPhase::Paused {
+                self.st.phase = Some(RunPhase::Paused);
+                self.events.push(Note::normal("Paused", "run paused by spec.suspend: no new task starts".into()));
+            } else if !spec.suspend && phase == RunPhase::Paused {
+                self.st.phase = Some(RunPhase::Running);
+                self.events.push(Note::normal("Resumed", "run resumed".into()));
+            }
         }
         self.st.observed_generation = Some(self.input.generation);
     }
 
     fn retry_failed(&mut self) {
-        let mut count = 0;
-        for t in &mut self.st.tasks {
-            if matches!(t.phase, TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped) {
-                t.phase = TaskPhase::Pending;
-                t.retries_used = 0;
-                t.finished_at = None;
-                t.retry_after = None;
-                t.message = None;
-                count += 1;
-            }
-        }
         self.st.retry_failed_applied = Some(self.input.spec.retry_failed);
+        let again = |t: &TaskStatus| matches!(t.phase, TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped);
+        let count = self.st.tasks.iter().filter(|t| again(t)).count();
+        if count == 0 {
+            self.events.push(Note::normal("RetryFailed", "nothing to re-run: no task failed, was skipped or stopped".into()));
+            return;
+        }
+        for t in self.st.tasks.iter_mut().filter(|t| again(t)) {
+            t.phase = TaskPhase::Pending;
+            t.retries_used = 0;
+            t.finished_at = None;
+            t.retry_after = None;
+            t.message = None;
+        }
         self.st.phase = Some(if self.input.spec.suspend { RunPhase::Paused } else { RunPhase::Running });
         self.st.finished_at = None;
-        self.st.conditions.retain(|c| c.type_ != "Finished");
+        self.st.conditions.retain(|c| c.type_ != "Finished" && c.type_ != CONDITION_CLEANED_UP);
         self.events.push(Note::normal("RetryFailed", format!("re-running {count} failed, skipped or stopped tasks")));
     }
 
@@ -437,13 +486,14 @@ pub fn actions(status: &WorkflowInstanceStatus, spec: &WorkflowInstanceSpec, obs
     for child in &observed.children {
         let current = status.tasks.iter().any(|t| t.phase == TaskPhase::Running && t.child_instance.as_ref() == Some(&child.name));
         let child_ended = child.phase.is_some_and(RunPhase::is_terminal);
-        let (suspend, shutdown) = if current && !run_ended {
-            (spec.suspend, Shutdown::None)
-        } else {
-            (child.suspend, if child_ended { child.shutdown } else { Shutdown::Stop })
-        };
-        if (suspend, shutdown) != (child.suspend, child.shutdown) {
-            out.push(Action::SteerChild { name: child.name.clone(), suspend, shutdown });
+        if current && !run_ended {
+            // Pass on a pause or resume of the parent, once per change.
+            if child.passed.suspend != Some(spec.suspend) {
+                out.push(Action::SteerChild { name: child.name.clone(), request: ChildRequest::Suspend(spec.suspend) });
+            }
+        } else if !child_ended && !child.passed.stop {
+            // Its task or the whole run ended: the child must end too.
+            out.push(Action::SteerChild { name: child.name.clone(), request: ChildRequest::Stop });
         }
     }
     for t in status.tasks.iter().filter(|t| t.phase == TaskPhase::Running) {
@@ -459,6 +509,14 @@ pub fn actions(status: &WorkflowInstanceStatus, spec: &WorkflowInstanceSpec, obs
         }
     }
     out
+}
+
+/// Whether a pod or child run of the run is still going. A finished run
+/// stays in its owner's hands until nothing is: cleanup that failed (API
+/// error, owner killed) is retried, by whoever owns the run then.
+fn still_running(observed: &Observed) -> bool {
+    observed.pods.iter().any(|p| matches!(p.state, PodState::Waiting | PodState::Running))
+        || observed.children.iter().any(|c| !c.phase.is_some_and(RunPhase::is_terminal))
 }
 
 /// One step of the executor: the next status, the calls to make once it is
@@ -481,6 +539,17 @@ pub fn plan(input: &Input<'_>) -> Plan {
     step.conclude();
     let requeue_after = step.requeue_after();
     let actions = actions(&step.st, input.spec, input.observed);
+    if step.st.phase.unwrap_or_default().is_terminal() && !still_running(input.observed) {
+        crate::conditions::set(
+            &mut step.st.conditions,
+            CONDITION_CLEANED_UP,
+            true,
+            "NothingRunning",
+            "no pod or child run of this run is still running".into(),
+            Some(input.generation),
+            time(input.now),
+        );
+    }
     Plan { status: step.st, actions, events: step.events, requeue_after }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::{RetryPolicy, TaskSpec, TaskWorkflowRef};
+use crate::api::{RetryPolicy, Shutdown, TaskSpec, TaskWorkflowRef};
 use k8s_openapi::api::core::v1::Container;
 
 fn task(name: &str, deps: &[&str]) -> TaskSpec {
@@ -63,13 +63,14 @@ impl Sim {
                     name: naming::child("r", task, *attempt),
                     task: task.clone(),
                     phase: None,
-                    suspend: false,
-                    shutdown: Shutdown::None,
+                    passed: Passed { suspend: Some(self.spec.suspend), stop: false },
                 }),
-                Action::SteerChild { name, suspend, shutdown } => {
+                Action::SteerChild { name, request } => {
                     let c = self.observed.children.iter_mut().find(|c| &c.name == name).unwrap();
-                    c.suspend = *suspend;
-                    c.shutdown = *shutdown;
+                    match request {
+                        ChildRequest::Suspend(s) => c.passed.suspend = Some(*s),
+                        ChildRequest::Stop => c.passed.stop = true,
+                    }
                 }
             }
         }
@@ -273,37 +274,123 @@ fn run_deadline_fails_the_run() {
     );
 }
 
-#[test]
-fn child_run_follows_and_is_steered() {
+fn with_child_task() -> WorkflowSpec {
     let mut wf = diamond();
     wf.tasks[0].container = None;
     wf.tasks[0].workflow_ref = Some(TaskWorkflowRef { name: "sub".into(), ..Default::default() });
-    let mut sim = Sim::new(wf);
+    wf
+}
+
+#[test]
+fn child_run_follows_and_is_steered() {
+    let mut sim = Sim::new(with_child_task());
     let plan = sim.step(0);
     assert_eq!(plan.actions, [Action::CreateChild { task: "a".into(), attempt: 0 }]);
     assert_eq!(sim.status.tasks[0].child_instance.as_deref(), Some("r-a"));
     sim.spec.suspend = true;
-    assert_eq!(sim.step(1).actions, [Action::SteerChild { name: "r-a".into(), suspend: true, shutdown: Shutdown::None }]);
+    assert_eq!(sim.step(1).actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Suspend(true) }]);
+    assert_eq!(sim.step(2).actions, [], "passed on once");
     sim.spec.suspend = false;
-    sim.step(2);
+    assert_eq!(sim.step(3).actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Suspend(false) }]);
     sim.observed.children[0].phase = Some(RunPhase::Succeeded);
-    sim.step(3);
+    sim.step(4);
     assert_eq!(sim.phase("a"), TaskPhase::Succeeded);
     sim.spec.shutdown = Shutdown::Stop;
-    sim.step(4);
+    sim.step(5);
     assert_eq!(sim.status.phase, Some(RunPhase::Stopped));
 }
 
 #[test]
 fn parent_shutdown_reaches_running_child() {
-    let mut wf = diamond();
-    wf.tasks[0].container = None;
-    wf.tasks[0].workflow_ref = Some(TaskWorkflowRef { name: "sub".into(), ..Default::default() });
-    let mut sim = Sim::new(wf);
+    let mut sim = Sim::new(with_child_task());
     sim.step(0);
     sim.spec.shutdown = Shutdown::Stop;
     let plan = sim.step(1);
-    assert_eq!(plan.actions, [Action::SteerChild { name: "r-a".into(), suspend: false, shutdown: Shutdown::Stop }]);
+    assert_eq!(plan.actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Stop }]);
+    assert_eq!(sim.step(2).actions, [], "asked once; the child's own owner does the rest");
+    assert!(!sim.status.cleaned_up(), "the child is still running");
+    sim.observed.children[0].phase = Some(RunPhase::Stopped);
+    sim.step(3);
+    assert!(sim.status.cleaned_up());
+}
+
+#[test]
+fn requests_made_on_the_child_itself_are_never_undone() {
+    let mut wf = with_child_task();
+    wf.tasks[0].retries = Some(RetryPolicy { limit: 3, backoff_seconds: 0 });
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    // The user pauses the child directly: the parent has nothing to pass on.
+    assert_eq!(sim.step(1).actions, []);
+    // The user stops the child directly; its owner ends it Stopped.
+    sim.observed.children[0].phase = Some(RunPhase::Stopped);
+    let plan = sim.step(2);
+    assert!(plan.actions.iter().all(|a| !matches!(a, Action::SteerChild { .. } | Action::CreateChild { .. })), "{:?}", plan.actions);
+    assert_eq!(sim.phase("a"), TaskPhase::Stopped, "the task ends as asked, not retried");
+    assert_eq!(sim.status.tasks[0].attempts, 1);
+    assert!(plan.events.iter().any(|e| e.reason == "TaskStopped"));
+}
+
+#[test]
+fn cleanup_is_retried_until_nothing_runs() {
+    let mut sim = Sim::new(diamond());
+    sim.step(0);
+    sim.spec.shutdown = Shutdown::Stop;
+    let plan = plan(&Input {
+        run_name: "r",
+        generation: 2,
+        spec: &sim.spec,
+        status: &sim.status,
+        workflow: &sim.workflow,
+        dag: &sim.dag,
+        observed: &sim.observed,
+        now: at(1),
+    });
+    // The status write succeeded, the delete did not (the pod runs on).
+    sim.status = plan.status;
+    assert_eq!(sim.status.phase, Some(RunPhase::Stopped));
+    assert!(!sim.status.cleaned_up(), "not idle: the pod is still running");
+    assert_eq!(sim.step(2).actions, [Action::DeletePod { name: "r-a-0".into() }], "asked again");
+    assert!(!sim.status.cleaned_up(), "until the pod is seen gone");
+    assert!(sim.step(3).actions.is_empty());
+    assert!(sim.status.cleaned_up());
+    let before = sim.status.clone();
+    let plan = sim.step(4);
+    assert!(plan.actions.is_empty() && plan.events.is_empty() && plan.status == before, "idle now");
+}
+
+#[test]
+fn retry_failed_while_running_is_refused_visibly_and_does_not_fire_later() {
+    let mut sim = Sim::new(diamond());
+    sim.step(0);
+    sim.spec.retry_failed = 1;
+    sim.generation = 2;
+    let plan = sim.step(1);
+    assert!(
+        plan.events.iter().any(|e| e.reason == "RetryIgnored" && e.warning && e.message.contains("still Running")),
+        "{:?}",
+        plan.events
+    );
+    assert_eq!(sim.status.retry_failed_applied, Some(1));
+    sim.end_pod("r-a-0", 1);
+    sim.step(2);
+    assert_eq!(sim.status.phase, Some(RunPhase::Failed));
+    let plan = sim.step(3);
+    assert_eq!(sim.status.phase, Some(RunPhase::Failed), "no surprise retry");
+    assert!(plan.events.is_empty());
+}
+
+#[test]
+fn retry_failed_on_a_succeeded_run_changes_nothing_but_says_so() {
+    let mut sim = Sim::new(WorkflowSpec { tasks: vec![task("a", &[])], ..Default::default() });
+    sim.step(0);
+    sim.end_pod("r-a-0", 0);
+    sim.step(1);
+    let finished = sim.status.finished_at.clone();
+    sim.spec.retry_failed = 1;
+    let plan = sim.step(2);
+    assert_eq!((sim.status.phase, sim.status.finished_at.clone()), (Some(RunPhase::Succeeded), finished));
+    assert!(plan.events.iter().any(|e| e.message.starts_with("nothing to re-run")));
 }
 
 #[test]
