@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::ownership::{PeerClock, RenewClock, renew_deadline};
+use crate::ownership::{PeerClock, RenewClock, renew_deadline, watch_stale};
 
 /// Label on every controller Lease; the watch selects on it.
 pub const CONTROLLER_LABEL: &str = "baton.dev/controller";
@@ -34,6 +34,10 @@ struct State {
     renew: RenewClock,
     peers: PeerClock,
     stopped: bool,
+    /// When the Lease watch last delivered anything, and whether it has
+    /// reported an error since: see [`watch_stale`].
+    watch_heard: Option<Instant>,
+    watch_broken: bool,
     /// What was last published on `changes`: (valid, live members).
     published: (bool, Vec<String>),
 }
@@ -176,14 +180,14 @@ pub async fn start(client: Client, config: LeaseConfig) -> Result<(Membership, L
         renew: RenewClock::new(renew_deadline(config.lease_duration)),
         peers: PeerClock::new(),
         stopped: false,
+        watch_heard: None,
+        watch_broken: false,
         published: (false, Vec::new()),
     };
     let membership = Membership(Arc::new(Shared { config, state: Mutex::new(state), changes, stop }));
     let written_at = tokio::time::Instant::now();
     let lease = write(&api, &membership, None).await?;
-    for peer in api.list(&ListParams::default().labels(&selector())).await? {
-        observe(&membership, &peer);
-    }
+    relist(&api, &membership).await?;
     membership.publish();
     Ok((membership.clone(), LeaseTask { membership, api, lease, written_at }))
 }
@@ -276,7 +280,22 @@ async fn renew_loop(api: &Api<Lease>, membership: &Membership, mut lease: Lease,
         last = tokio::time::Instant::now();
         // A hung request must not hold up the next one past our deadline.
         match tokio::time::timeout(renew_deadline(config.lease_duration), write(api, membership, Some(lease.clone()))).await {
-            Ok(Ok(renewed)) => lease = renewed,
+            Ok(Ok(renewed)) => {
+                lease = renewed;
+                let stale = {
+                    let state = membership.lock();
+                    watch_stale(state.watch_heard, state.watch_broken, config.renew_interval, Instant::now())
+                };
+                if stale {
+                    // The API server answers but the watch does not tell us
+                    // about peers (a watch backing off after an outage):
+                    // read their Leases, so silence is not taken for death.
+                    match relist(api, membership).await {
+                        Ok(()) => debug!(controller = config.identity, "lease watch quiet: listed peer leases"),
+                        Err(e) => warn!(controller = config.identity, error = %e, "listing peer leases"),
+                    }
+                }
+            }
             Ok(Err(e)) => warn!(controller = config.identity, error = %e, "lease renewal failed"),
             Err(_) => warn!(controller = config.identity, "lease renewal timed out"),
         }
@@ -296,7 +315,13 @@ async fn watch_loop(api: &Api<Lease>, membership: &Membership) {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep_until(wake) => {}
-            event = events.next() => match event {
+            event = events.next() => {
+                {
+                    let mut state = membership.lock();
+                    state.watch_heard = Some(Instant::now());
+                    state.watch_broken = matches!(event, Some(Err(_)));
+                }
+                match event {
                 Some(Ok(watcher::Event::Init)) => relisted.clear(),
                 Some(Ok(watcher::Event::InitApply(lease))) => {
                     relisted.insert(lease.name_any());
@@ -307,10 +332,24 @@ async fn watch_loop(api: &Api<Lease>, membership: &Membership) {
                 Some(Ok(watcher::Event::Delete(lease))) => membership.lock().peers.remove(&lease.name_any()),
                 Some(Err(e)) => warn!(controller = config.identity, error = %e, "watching controller leases"),
                 None => return,
-            },
+                }
+            }
         }
         membership.publish();
     }
+}
+
+/// Lists every controller Lease and feeds the clocks, forgetting Leases
+/// that are gone. A version seen before does not restart a clock, so a dead
+/// peer stays dead however often we list.
+async fn relist(api: &Api<Lease>, membership: &Membership) -> Result<(), kube::Error> {
+    let leases = api.list(&ListParams::default().labels(&selector())).await?;
+    let names: HashSet<String> = leases.iter().map(|l| l.name_any()).collect();
+    for lease in &leases {
+        observe(membership, lease);
+    }
+    membership.lock().peers.retain(|n| names.contains(n));
+    Ok(())
 }
 
 fn selector() -> String {

@@ -123,6 +123,32 @@ pub fn renew_deadline(lease_duration: Duration) -> Duration {
     lease_duration * 2 / 3
 }
 
+/// Checks the lease timing flags: a renewal is due every `renew_interval`
+/// and must succeed within the renew deadline (two thirds of the lease), so
+/// the interval may be at most a third of the lease, leaving room for one
+/// failed try. Otherwise every renewal is late, the controller keeps losing
+/// its validity, and its peers never see it steady.
+pub fn check_timing(lease_duration: Duration, renew_interval: Duration) -> Result<(), String> {
+    if renew_interval.is_zero() || renew_interval * 3 > lease_duration {
+        let max = humantime::format_duration(Duration::from_millis((lease_duration.as_millis() / 3) as u64));
+        return Err(format!(
+            "--renew-interval {} must be more than 0 and at most a third of --lease-duration {} (here at most {max}): renewals must land within two thirds of the lease with room for one retry",
+            humantime::format_duration(renew_interval),
+            humantime::format_duration(lease_duration),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the watch on the controllers' Leases can no longer be trusted to
+/// show peers' renewals: it reported an error, or it has been silent for
+/// two renew intervals although our own renewals alone change a Lease it
+/// sees every interval. Then silence is no evidence that peers died, and
+/// their Leases must be listed instead.
+pub fn watch_stale(last_heard: Option<Instant>, broken: bool, renew_interval: Duration, now: Instant) -> bool {
+    broken || last_heard.is_none_or(|t| now.saturating_duration_since(t) > renew_interval * 2)
+}
+
 /// One renewal request, stamped with the instant it was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "pass the attempt to RenewClock::succeeded when the request succeeds"]
@@ -415,6 +441,29 @@ mod tests {
         // A new duration arrives with the peer's next renewal.
         c.observe("long", "2", 5 * S, t0 + 12 * S);
         assert_eq!(c.next_expiry(t0 + 12 * S), Some(t0 + 17 * S));
+    }
+
+    #[test]
+    fn renew_interval_is_at_most_a_third_of_the_lease() {
+        assert!(check_timing(15 * S, 2 * S).is_ok());
+        assert!(check_timing(15 * S, 5 * S).is_ok());
+        assert!(check_timing(4 * S, Duration::from_millis(500)).is_ok());
+        let err = check_timing(3 * S, 2 * S).unwrap_err();
+        assert!(
+            err.starts_with("--renew-interval 2s must be more than 0 and at most a third of --lease-duration 3s (here at most 1s)"),
+            "{err}"
+        );
+        assert!(check_timing(15 * S, 10 * S).is_err());
+        assert!(check_timing(15 * S, Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn a_quiet_or_broken_watch_is_stale() {
+        let t0 = Instant::now();
+        assert!(!watch_stale(Some(t0), false, S, t0 + 2 * S));
+        assert!(watch_stale(Some(t0), false, S, t0 + 3 * S), "silent for more than two intervals");
+        assert!(watch_stale(Some(t0 + 2 * S), true, S, t0 + 2 * S), "reported an error");
+        assert!(watch_stale(None, false, S, t0), "never heard");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! are owned like runs (rendezvous hashing, fenced status writes), so exactly
 //! one controller runs each schedule.
 //!
-//! A tick's run is named after the tick and created *before* the status
-//! records the tick: a crash in between makes the next owner compute the
-//! same tick and land on `AlreadyExists`, so a tick is never lost and never
-//! started twice.
+//! A tick's run is named after the tick. The intent to start it is written
+//! to status (fenced) before anything is created or stopped, and cleared
+//! after: a crash in between makes the next owner finish the same tick and
+//! land on `AlreadyExists`, so a tick is never lost and never started twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +20,12 @@ use kube::runtime::watcher;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use tracing::{Instrument, info, info_span};
 
-use crate::api::{Workflow, WorkflowInstance};
+use crate::api::{StartingTick, Workflow, WorkflowInstance};
 use crate::controller::{Context, Error, check_workflow, next_owner, scoped, set_condition};
 use crate::fence::{self, Fence};
-use crate::objects::{self, LABEL_SCHEDULED_BY};
+use crate::objects::{self, Belongs, LABEL_SCHEDULED_BY};
 use crate::ownership::Decision;
-use crate::schedule;
+use crate::{naming, schedule};
 
 /// Longest wait before a workflow is looked at again.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -71,14 +71,25 @@ async fn reconcile_workflow(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Requ
     act(&api, wf, &ctx).await
 }
 
+/// An Event to record once the status write that justifies it succeeded.
+type Note = (bool, &'static str, String);
+
 /// Validity and schedule of a workflow this controller owns.
+///
+/// A tick is started in three steps, each side effect after a fenced write
+/// made in this reconcile: (1) record the tick as `startingTick` (which
+/// runs to stop, which run to create) together with `lastScheduleTime`;
+/// (2) stop and create; (3) clear `startingTick`. A reconcile working from
+/// a stale copy fails at (1) and does nothing; a new owner that finds a
+/// `startingTick` completes it, landing on `AlreadyExists` where the old
+/// owner got through.
 async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue, Error> {
     let read = wf.status.clone().unwrap_or_default();
     let mut status = read.clone();
     let name = wf.name_any();
     let problems = check_workflow(api, &name, &wf.spec, None).await?;
     let was_valid = read.conditions.iter().find(|c| c.type_ == "Valid").map(|c| (c.status.clone(), c.message.clone()));
-    let mut events: Vec<(bool, &str, String)> = Vec::new();
+    let mut events: Vec<Note> = Vec::new();
     match &problems {
         Some(p) => {
             set_condition(&mut status.conditions, "Valid", false, "InvalidWorkflow", p.clone(), wf.metadata.generation);
@@ -89,73 +100,143 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
         None => set_condition(&mut status.conditions, "Valid", true, "Valid", "the workflow can run".into(), wf.metadata.generation),
     }
     status.observed_generation = wf.metadata.generation;
+    let runs: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &wf.namespace().unwrap_or_default());
     let mut requeue = RESYNC;
-    if let (None, Some(sched)) = (&problems, &wf.spec.schedule)
-        && !sched.suspend
-        && let Ok(parsed) = schedule::parse(sched)
-    {
+    let schedule = wf.spec.schedule.as_ref().filter(|s| problems.is_none() && !s.suspend).and_then(|s| Some((s, schedule::parse(s).ok()?)));
+    if let Some((sched, parsed)) = schedule {
         let now = Timestamp::now();
-        let runs: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &wf.namespace().unwrap_or_default());
-        let mine = runs.list(&ListParams::default().labels(&format!("{LABEL_SCHEDULED_BY}={name}"))).await?;
-        let mut active: Vec<String> = mine
-            .iter()
-            .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal()))
-            .map(|r| r.name_any())
-            .collect();
-        let last = read.last_schedule_time.as_ref().or(wf.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0);
-        let plan = schedule::plan_tick(parsed.due(last, now), now, sched, active.len());
-        if plan.stop_active {
-            let stop = serde_json::json!({"spec": {"shutdown": "Stop"}});
-            for run in &active {
-                runs.patch(run, &PatchParams::default(), &Patch::Merge(&stop)).await?;
+        let active = active_runs(&runs, &wf).await?;
+        status.active_runs = active.clone();
+        if status.starting_tick.is_none() {
+            let last = read.last_schedule_time.as_ref().or(wf.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0);
+            let due = parsed.due(last, now);
+            // The run of the tick being started is never counted as active:
+            // it may exist already if an earlier attempt got that far.
+            let tick_run = due.latest.map(|t| naming::scheduled(&name, t.as_second()));
+            let others: Vec<String> = active.iter().filter(|r| Some(*r) != tick_run.as_ref()).cloned().collect();
+            let plan = schedule::plan_tick(due, now, sched, others.len());
+            if let (Some(time), Some(run)) = (plan.start, tick_run) {
+                let stop = if plan.stop_active { others.clone() } else { Vec::new() };
+                status.starting_tick = Some(StartingTick { time: Time(time), run, stop });
             }
-            events.push((false, "Replaced", format!("stopped {} to start the next tick", active.join(", "))));
-            active.clear();
-        }
-        if let Some(tick) = plan.start {
-            let run = objects::scheduled_run(&wf, tick);
-            let run_name = run.name_any();
-            match runs.create(&PostParams::default(), &run).await {
-                Ok(_) => events.push((false, "Scheduled", format!("started run {run_name} for the tick at {tick}"))),
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    ctx.metrics.adopted.inc();
-                }
-                Err(e) => return Err(e.into()),
+            if let Some(tick) = plan.forbidden {
+                let message = format!("tick at {tick} skipped: concurrencyPolicy Forbid and {} still active", others.join(", "));
+                events.push((false, "TickSkipped", message));
             }
-            if !active.contains(&run_name) {
-                active.push(run_name);
+            if plan.missed > 0 {
+                status.missed_ticks += plan.missed as i64;
+                let message =
+                    format!("{} tick(s) not started: missed while no controller ran them, or past startingDeadlineSeconds", plan.missed);
+                events.push((true, "MissedSchedule", message));
+            }
+            if let Some(tick) = plan.handled {
+                status.last_schedule_time = Some(Time(tick));
             }
         }
-        if let Some(tick) = plan.forbidden {
-            events.push((
-                false,
-                "TickSkipped",
-                format!("tick at {tick} skipped: concurrencyPolicy Forbid and {} still active", active.join(", ")),
-            ));
-        }
-        if plan.missed > 0 {
-            status.missed_ticks += plan.missed as i64;
-            events.push((
-                true,
-                "MissedSchedule",
-                format!("{} tick(s) not started: missed while no controller ran them, or past startingDeadlineSeconds", plan.missed),
-            ));
-        }
-        if let Some(tick) = plan.handled {
-            status.last_schedule_time = Some(Time(tick));
-        }
-        active.sort();
-        status.active_runs = active;
         if let Some(next) = parsed.next_after(now) {
             requeue = Duration::try_from(next.duration_since(Timestamp::now())).unwrap_or_default().min(RESYNC) + Duration::from_millis(20);
         }
     }
-    let written =
-        if status != read { fence::write_status(api, &wf, status, Fence::Owner, &ctx.membership, &ctx.metrics).await? } else { wf };
+    // Step (1): a tick to start is always written (a no-op when it was
+    // recorded earlier): the write proves this copy is current and ours.
+    let written = if status != read || status.starting_tick.is_some() {
+        fence::write_status(api, &wf, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?
+    } else {
+        wf
+    };
+    for (warning, reason, message) in events.drain(..) {
+        ctx.event(&written, warning, reason, message);
+    }
+    let Some(tick) = written.status.as_ref().and_then(|s| s.starting_tick.clone()) else {
+        return Ok(Requeue::requeue(requeue));
+    };
+    // Step (2).
+    if !ctx.membership.valid() {
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
+    let stopped = stop_runs(&runs, &written, &tick.stop).await?;
+    if !stopped.is_empty() {
+        events.push((false, "Replaced", format!("stopped {} to start the run of the tick at {}", stopped.join(", "), tick.time.0)));
+    }
+    match start_run(ctx, &runs, &written, &tick).await? {
+        Started::Yes(note) => events.extend(note),
+        Started::Wait => return Ok(Requeue::requeue(Duration::from_secs(1))),
+    }
+    // Step (3).
+    let mut done = written.status.clone().unwrap_or_default();
+    done.starting_tick = None;
+    done.active_runs = active_runs(&runs, &written).await?;
+    let written = fence::write_status(api, &written, done, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
     for (warning, reason, message) in events {
         ctx.event(&written, warning, reason, message);
     }
     Ok(Requeue::requeue(requeue))
+}
+
+/// Names of the unfinished runs this workflow's schedule started (by label,
+/// and only those whose controller ownerReference is this workflow), sorted.
+async fn active_runs(runs: &Api<WorkflowInstance>, wf: &Workflow) -> Result<Vec<String>, Error> {
+    let uid = wf.uid().unwrap_or_default();
+    let mine = runs.list(&ListParams::default().labels(&format!("{LABEL_SCHEDULED_BY}={}", wf.name_any()))).await?;
+    let mut active: Vec<String> = mine
+        .iter()
+        .filter(|r| objects::controlled_by(&r.metadata, &uid))
+        .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal()))
+        .map(|r| r.name_any())
+        .collect();
+    active.sort();
+    Ok(active)
+}
+
+/// Asks the runs of earlier ticks to stop (`Replace`), those that are still
+/// this workflow's, unfinished and not already asked. Returns the names asked.
+async fn stop_runs(runs: &Api<WorkflowInstance>, wf: &Workflow, names: &[String]) -> Result<Vec<String>, Error> {
+    let uid = wf.uid().unwrap_or_default();
+    let stop = serde_json::json!({"spec": {"shutdown": "Stop"}});
+    let mut asked = Vec::new();
+    for name in names {
+        let Some(run) = runs.get_opt(name).await? else { continue };
+        let finished = run.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal());
+        if !objects::controlled_by(&run.metadata, &uid) || finished || run.spec.shutdown.requested() {
+            continue;
+        }
+        runs.patch(name, &PatchParams::default(), &Patch::Merge(&stop)).await?;
+        asked.push(name.clone());
+    }
+    Ok(asked)
+}
+
+enum Started {
+    /// Created, adopted, or refused for good; with the Event to record.
+    Yes(Option<Note>),
+    /// The name is held by a deleted predecessor's run; try again shortly.
+    Wait,
+}
+
+/// Creates the run of a tick; `AlreadyExists` is adoption only when the run
+/// is this workflow's (by UID). A run of that name that is someone else's
+/// is a visible collision: the tick is given up with a Warning Event.
+async fn start_run(ctx: &Context, runs: &Api<WorkflowInstance>, wf: &Workflow, tick: &StartingTick) -> Result<Started, Error> {
+    let run = objects::scheduled_run(wf, tick.time.0);
+    let name = tick.run.clone();
+    match runs.create(&PostParams::default(), &run).await {
+        Ok(_) => return Ok(Started::Yes(Some((false, "Scheduled", format!("started run {name} for the tick at {}", tick.time.0))))),
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let Some(existing) = runs.get_opt(&name).await? else { return Ok(Started::Wait) };
+    Ok(match objects::belongs(&existing.metadata, "Workflow", &wf.name_any(), &wf.uid().unwrap_or_default()) {
+        Belongs::Ours => {
+            ctx.metrics.adopted.inc();
+            Started::Yes(None)
+        }
+        Belongs::Predecessor => Started::Wait,
+        Belongs::Foreign(whose) => {
+            let message =
+                format!("tick at {} not started: WorkflowInstance {name} already exists and is not this schedule's: {whose}", tick.time.0);
+            Started::Yes(Some((true, "NameCollision", message)))
+        }
+    })
 }
 
 fn error_policy(wf: Arc<Workflow>, error: &Error, ctx: Arc<Context>) -> Requeue {

@@ -29,7 +29,8 @@ struct Flags {
     /// move after about this long.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
-    /// How often this controller renews its Lease.
+    /// How often this controller renews its Lease; at most a third of
+    /// --lease-duration.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     renew_interval: Duration,
     /// Address of /metrics, /healthz and /readyz; port 0 picks a free port.
@@ -60,6 +61,10 @@ async fn signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if let Err(message) = baton::ownership::check_timing(flags.lease_duration, flags.renew_interval) {
+        eprintln!("error: {message}");
+        std::process::exit(2);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if flags.log_format == "json" {
@@ -68,7 +73,6 @@ async fn main() -> anyhow::Result<()> {
         builder.init()
     }
 
-    anyhow::ensure!(flags.renew_interval < flags.lease_duration, "--renew-interval must be shorter than --lease-duration");
     let identity = identity(flags.identity);
     let client = kube::Client::try_default().await?;
     let config = LeaseConfig {
