@@ -6,6 +6,7 @@ mod support;
 
 mod cluster;
 mod failover;
+mod identity;
 mod install;
 mod rules;
 mod runs;

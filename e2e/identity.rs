@@ -1,0 +1,269 @@
+//! The identity rules: an object is a run's only through its UID, a request
+//! on any run is never undone, a schedule never stops its own tick's run,
+//! and a finished run is cleaned up until nothing of it runs.
+
+use std::time::Duration;
+
+use baton::api::{RunPhase, TaskPhase, Workflow, WorkflowInstance};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams};
+
+use crate::runs::{RUN_TIMEOUT, events_of, patch_spec, pods_of, run, task, wait_phase, workflow};
+use crate::support::{TestNs, wait_for};
+
+fn task_of(run: &WorkflowInstance, name: &str) -> baton::api::TaskStatus {
+    run.status.as_ref().unwrap().tasks.iter().find(|t| t.name == name).cloned().unwrap()
+}
+
+async fn get(ns: &TestNs, name: &str) -> WorkflowInstance {
+    ns.api::<WorkflowInstance>().get(name).await.unwrap()
+}
+
+async fn has_warning(ns: &TestNs, object: &str, reason: &str) -> bool {
+    events_of(ns, object).await.iter().any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+}
+
+fn outer_with_child(child_duration: &str) -> [String; 2] {
+    let child_task = "    - name: sub\n      workflowRef: {name: inner}\n      retries: {limit: 2}\n";
+    [workflow("inner", "", &[task("work", &[], child_duration, 0, "")]), workflow("outer", "", &[child_task.to_string()])]
+}
+
+#[tokio::test]
+async fn requests_made_on_a_child_run_are_never_undone_by_its_parent() {
+    let ns = TestNs::new("child-requests").await;
+    let _c = [ns.controller("alpha"), ns.controller("beta")];
+    for wf in outer_with_child("30s") {
+        ns.apply(&wf);
+    }
+    ns.apply(&run("o1", "outer", ""));
+    wait_phase(&ns, "o1-sub", |p| p == RunPhase::Running).await;
+
+    // Pause the child itself: it stays paused although its parent runs on.
+    patch_spec(&ns, "o1-sub", serde_json::json!({"suspend": true})).await;
+    wait_phase(&ns, "o1-sub", |p| p == RunPhase::Paused).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let child = get(&ns, "o1-sub").await;
+    assert!(child.spec.suspend, "the parent undid spec.suspend on the child");
+    assert_eq!(child.status.unwrap().phase, Some(RunPhase::Paused));
+
+    // Stop the child itself: it ends Stopped, its request stays, and the
+    // parent's task ends Stopped without starting another child.
+    patch_spec(&ns, "o1-sub", serde_json::json!({"shutdown": "Stop"})).await;
+    wait_phase(&ns, "o1-sub", |p| p == RunPhase::Stopped).await;
+    let parent = wait_phase(&ns, "o1", |p| p.is_terminal()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let child = get(&ns, "o1-sub").await;
+    assert_eq!(serde_json::to_value(child.spec.shutdown).unwrap(), "Stop", "the parent undid spec.shutdown on the child");
+    let sub = task_of(&parent, "sub");
+    assert_eq!((sub.phase, sub.attempts), (TaskPhase::Stopped, 1), "{sub:?}");
+    let children = ns.api::<WorkflowInstance>().list(&ListParams::default().labels("baton.dev/parent=o1")).await.unwrap();
+    assert_eq!(children.items.len(), 1, "no retry child after a stop");
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn a_parent_pause_and_stop_still_reach_its_child() {
+    let ns = TestNs::new("parent-requests").await;
+    let _c = ns.controller("alpha");
+    for wf in outer_with_child("30s") {
+        ns.apply(&wf);
+    }
+    ns.apply(&run("o2", "outer", ""));
+    wait_phase(&ns, "o2-sub", |p| p == RunPhase::Running).await;
+    patch_spec(&ns, "o2", serde_json::json!({"suspend": true})).await;
+    wait_phase(&ns, "o2-sub", |p| p == RunPhase::Paused).await;
+    patch_spec(&ns, "o2", serde_json::json!({"suspend": false})).await;
+    wait_phase(&ns, "o2-sub", |p| p == RunPhase::Running).await;
+    patch_spec(&ns, "o2", serde_json::json!({"shutdown": "Stop"})).await;
+    wait_phase(&ns, "o2-sub", |p| p == RunPhase::Stopped).await;
+    let parent = wait_phase(&ns, "o2", |p| p.is_terminal()).await;
+    assert_eq!(parent.status.unwrap().phase, Some(RunPhase::Stopped));
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn a_replace_schedule_never_stops_the_run_its_own_tick_started() {
+    let ns = TestNs::new("replace-own").await;
+    let _c = ns.controller("alpha");
+    let settings = "  schedule: {cron: \"*/6 * * * * *\", concurrencyPolicy: Replace, startingDeadlineSeconds: 60}\n";
+    ns.apply(&workflow("fast", settings, &[task("tick", &[], "2s", 0, "")]));
+    let api: Api<WorkflowInstance> = ns.api();
+    let runs = wait_for("four finished ticks", Duration::from_secs(60), || async {
+        let runs = api.list(&ListParams::default().labels("baton.dev/scheduled-by=fast")).await.map_err(|e| e.to_string())?.items;
+        let finished = runs.iter().filter(|r| r.status.as_ref().and_then(|s| s.phase).is_some_and(RunPhase::is_terminal)).count();
+        if finished >= 4 { Ok(runs) } else { Err(format!("{finished} finished of {}", runs.len())) }
+    })
+    .await;
+    for r in runs {
+        let phase = r.status.as_ref().and_then(|s| s.phase);
+        assert!(phase != Some(RunPhase::Stopped), "run {} of a 2s task on a 6s Replace schedule was stopped", r.name_any());
+    }
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn runs_whose_pod_names_collide_never_adopt_each_other() {
+    let ns = TestNs::new("collide").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&workflow("site", "", &[task("web-test", &[], "5s", 0, "")]));
+    ns.apply(&workflow("unit", "", &[task("test", &[], "1s", 0, "")]));
+    ns.apply(&run("build", "site", ""));
+    wait_for("pod build-web-test-0", RUN_TIMEOUT, || async {
+        ns.api::<Pod>().get_opt("build-web-test-0").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or("not yet".to_string())
+    })
+    .await;
+    ns.apply(&run("build-web", "unit", ""));
+    let failed = wait_phase(&ns, "build-web", |p| p.is_terminal()).await;
+    assert_eq!(failed.status.as_ref().unwrap().phase, Some(RunPhase::Failed));
+    let message = task_of(&failed, "test").message.unwrap_or_default();
+    assert!(message.contains("Pod build-web-test-0 already exists and is not this run's"), "{message}");
+    assert!(has_warning(&ns, "build-web", "NameCollision").await, "a Warning Event NameCollision");
+    let ok = wait_phase(&ns, "build", |p| p.is_terminal()).await;
+    assert_eq!(ok.status.unwrap().phase, Some(RunPhase::Succeeded), "the pod's owner is not disturbed");
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn a_run_created_again_under_the_same_name_never_adopts_its_predecessors_pods() {
+    let ns = TestNs::new("recreate").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&workflow("once", "", &[task("t", &[], "1s", 0, "")]));
+    ns.apply(&run("r1", "once", ""));
+    let first = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
+    assert_eq!(first.status.unwrap().phase, Some(RunPhase::Succeeded));
+
+    // Deleted with its pods orphaned: the finished pod r1-t-0 stays, owned
+    // by nobody. The new r1 must not count it as its own success.
+    ns.kubectl(&["delete", "wfi", "r1", "--cascade=orphan", "--wait=true"], None);
+    ns.apply(&run("r1", "once", ""));
+    let second = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
+    assert_eq!(second.status.as_ref().unwrap().phase, Some(RunPhase::Failed), "a leftover pod is a collision, not a success");
+    assert!(task_of(&second, "t").message.unwrap_or_default().contains("belongs to no controller"));
+    assert!(has_warning(&ns, "r1", "NameCollision").await);
+
+    // Deleted normally and created again at once: the new run waits for the
+    // garbage collector and runs a pod of its own.
+    ns.kubectl(&["delete", "wfi", "r1", "--wait=true"], None);
+    ns.api::<Pod>().delete("r1-t-0", &DeleteParams::default()).await.ok();
+    ns.apply(&run("r2", "once", ""));
+    wait_phase(&ns, "r2", |p| p.is_terminal()).await;
+    ns.kubectl(&["delete", "wfi", "r2", "--wait=false"], None);
+    ns.apply(&run("r2", "once", ""));
+    let third = wait_phase(&ns, "r2", |p| p.is_terminal()).await;
+    assert_eq!(third.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+    let pods = pods_of(&ns, "r2").await;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].owner_references()[0].uid, third.uid().unwrap(), "the pod that counted is the new run's own");
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn child_runs_that_would_share_a_name_are_refused_by_validation() {
+    let ns = TestNs::new("child-names").await;
+    let _c = ns.controller("alpha");
+    let tasks = ["    - name: load\n      workflowRef: {name: x}\n", "    - name: load-1\n      workflowRef: {name: x}\n"];
+    ns.apply(&workflow("clash", "", &tasks.map(String::from)));
+    let workflows: Api<Workflow> = ns.api();
+    let cond = wait_for("the workflow's Valid condition", RUN_TIMEOUT, || async {
+        let wf = workflows.get("clash").await.map_err(|e| e.to_string())?;
+        wf.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Valid").ok_or("no condition yet".to_string())
+    })
+    .await;
+    assert_eq!(cond.status, "False");
+    assert!(cond.message.contains("task \"load-1\": its child run would have the same name"), "{}", cond.message);
+    ns.done().await;
+}
+
+/// A ValidatingAdmissionPolicy that refuses every pod delete in the test's
+/// namespace: a stand-in for an API server that fails the cleanup call.
+fn block_pod_deletes(ns: &TestNs) -> String {
+    let name = format!("block-deletes-{}", ns.name);
+    format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {name}}}\nspec:\n\
+         \x20 failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - {{apiGroups: [\"\"], apiVersions: [v1], operations: [DELETE], resources: [pods]}}\n\
+         \x20 validations:\n  - {{expression: \"false\", message: \"pod deletes are blocked by the test\"}}\n---\n\
+         apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {name}}}\nspec:\n\
+         \x20 policyName: {name}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {}}}}}\n",
+        ns.name
+    )
+}
+
+#[tokio::test]
+async fn cleanup_of_a_stopped_run_is_retried_until_its_pods_are_gone_even_by_a_new_owner() {
+    let ns = TestNs::new("cleanup").await;
+    let mut c = [ns.controller("alpha"), ns.controller("beta")];
+    ns.apply(&workflow("long", "", &[task("t", &[], "90s", 0, "")]));
+    ns.apply(&run("c1", "long", ""));
+    let pods: Api<Pod> = ns.api();
+    wait_for("pod c1-t-0", RUN_TIMEOUT, || async {
+        pods.get_opt("c1-t-0").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or("not yet".to_string())
+    })
+    .await;
+    let policy = block_pod_deletes(&ns);
+    ns.apply(&policy);
+    wait_for("the policy to refuse pod deletes", Duration::from_secs(30), || async {
+        match pods.delete("c1-t-0", &DeleteParams { dry_run: true, ..Default::default() }).await {
+            Err(kube::Error::Api(s)) if s.message.contains("blocked by the test") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    patch_spec(&ns, "c1", serde_json::json!({"shutdown": "Stop"})).await;
+    let stopped = wait_phase(&ns, "c1", |p| p == RunPhase::Stopped).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pod = pods.get("c1-t-0").await.unwrap();
+    assert!(pod.metadata.deletion_timestamp.is_none(), "the delete was refused, so the pod runs on");
+    assert!(!stopped.status.as_ref().unwrap().cleaned_up());
+
+    // The owner dies with its cleanup unfinished; the survivor takes the
+    // (finished, not yet idle) run over and finishes the cleanup.
+    let owner = stopped.status.unwrap().owner.unwrap().controller;
+    c.iter_mut().find(|p| p.identity == owner).unwrap().kill();
+    ns.kubectl(&["delete", "validatingadmissionpolicybinding", &format!("block-deletes-{}", ns.name)], None);
+    wait_for("the pod of the stopped run to be deleted", Duration::from_secs(40), || async {
+        match pods.get_opt("c1-t-0").await.map_err(|e| e.to_string())? {
+            Some(p) if p.metadata.deletion_timestamp.is_none() => Err(format!("still running: {:?}", p.status.and_then(|s| s.phase))),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let done = wait_for("the run to be cleaned up", Duration::from_secs(30), || async {
+        let r = ns.api::<WorkflowInstance>().get("c1").await.map_err(|e| e.to_string())?;
+        if r.status.as_ref().is_some_and(|s| s.cleaned_up()) { Ok(r) } else { Err("not yet".into()) }
+    })
+    .await;
+    assert_ne!(done.status.unwrap().owner.unwrap().controller, owner);
+    ns.kubectl(&["delete", "validatingadmissionpolicy", &format!("block-deletes-{}", ns.name)], None);
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn retry_failed_while_a_run_is_going_is_refused_with_an_event() {
+    let ns = TestNs::new("retry-early").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&workflow("flaky", "", &[task("t", &[], "3s", 1, "")]));
+    ns.apply(&run("f1", "flaky", ""));
+    wait_phase(&ns, "f1", |p| p == RunPhase::Running).await;
+    patch_spec(&ns, "f1", serde_json::json!({"retryFailed": 1})).await;
+    wait_for("a RetryIgnored Warning", Duration::from_secs(20), || async {
+        if has_warning(&ns, "f1", "RetryIgnored").await { Ok(()) } else { Err("no event yet".to_string()) }
+    })
+    .await;
+    let failed = wait_phase(&ns, "f1", |p| p.is_terminal()).await;
+    assert_eq!(failed.status.as_ref().unwrap().phase, Some(RunPhase::Failed));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = get(&ns, "f1").await;
+    assert_eq!(after.status.as_ref().unwrap().phase, Some(RunPhase::Failed), "no surprise retry once it ended");
+    assert_eq!(task_of(&after, "t").attempts, 1);
+    // Asked again once it ended, it re-runs.
+    patch_spec(&ns, "f1", serde_json::json!({"retryFailed": 2})).await;
+    wait_for("a second attempt", RUN_TIMEOUT, || async {
+        let r = ns.api::<WorkflowInstance>().get("f1").await.map_err(|e| e.to_string())?;
+        let attempts = task_of(&r, "t").attempts;
+        if attempts == 2 { Ok(()) } else { Err(format!("{attempts} attempts")) }
+    })
+    .await;
+    ns.done().await;
+}
