@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 
-use crate::runs::{RUN_TIMEOUT, events_of, patch_spec, pods_of, run, task, wait_phase, workflow};
+use crate::runs::{RUN_TIMEOUT, patch_spec, pods_of, run, task, wait_phase, wait_warning, workflow};
 use crate::support::{TestNs, wait_for};
 
 fn task_of(run: &WorkflowInstance, name: &str) -> baton::api::TaskStatus {
@@ -18,10 +18,6 @@ fn task_of(run: &WorkflowInstance, name: &str) -> baton::api::TaskStatus {
 
 async fn get(ns: &TestNs, name: &str) -> WorkflowInstance {
     ns.api::<WorkflowInstance>().get(name).await.unwrap()
-}
-
-async fn has_warning(ns: &TestNs, object: &str, reason: &str) -> bool {
-    events_of(ns, object).await.iter().any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
 }
 
 fn outer_with_child(child_duration: &str) -> [String; 2] {
@@ -118,7 +114,7 @@ async fn runs_whose_pod_names_collide_never_adopt_each_other() {
     assert_eq!(failed.status.as_ref().unwrap().phase, Some(RunPhase::Failed));
     let message = task_of(&failed, "test").message.unwrap_or_default();
     assert!(message.contains("Pod build-web-test-0 already exists and is not this run's"), "{message}");
-    assert!(has_warning(&ns, "build-web", "NameCollision").await, "a Warning Event NameCollision");
+    wait_warning(&ns, "build-web", "NameCollision").await;
     let ok = wait_phase(&ns, "build", |p| p.is_terminal()).await;
     assert_eq!(ok.status.unwrap().phase, Some(RunPhase::Succeeded), "the pod's owner is not disturbed");
     ns.done().await;
@@ -140,7 +136,7 @@ async fn a_run_created_again_under_the_same_name_never_adopts_its_predecessors_p
     let second = wait_phase(&ns, "r1", |p| p.is_terminal()).await;
     assert_eq!(second.status.as_ref().unwrap().phase, Some(RunPhase::Failed), "a leftover pod is a collision, not a success");
     assert!(task_of(&second, "t").message.unwrap_or_default().contains("belongs to no controller"));
-    assert!(has_warning(&ns, "r1", "NameCollision").await);
+    wait_warning(&ns, "r1", "NameCollision").await;
 
     // Deleted normally and created again at once: the new run waits for the
     // garbage collector and runs a pod of its own.
@@ -247,10 +243,7 @@ async fn retry_failed_while_a_run_is_going_is_refused_with_an_event() {
     ns.apply(&run("f1", "flaky", ""));
     wait_phase(&ns, "f1", |p| p == RunPhase::Running).await;
     patch_spec(&ns, "f1", serde_json::json!({"retryFailed": 1})).await;
-    wait_for("a RetryIgnored Warning", Duration::from_secs(20), || async {
-        if has_warning(&ns, "f1", "RetryIgnored").await { Ok(()) } else { Err("no event yet".to_string()) }
-    })
-    .await;
+    wait_warning(&ns, "f1", "RetryIgnored").await;
     let failed = wait_phase(&ns, "f1", |p| p.is_terminal()).await;
     assert_eq!(failed.status.as_ref().unwrap().phase, Some(RunPhase::Failed));
     tokio::time::sleep(Duration::from_secs(2)).await;

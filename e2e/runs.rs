@@ -86,6 +86,17 @@ pub async fn events_of(ns: &TestNs, run: &str) -> Vec<Event> {
         .collect()
 }
 
+/// Waits for a Warning Event `reason` on `object`. Events are recorded
+/// after the status write, in the background, so they may trail it.
+pub async fn wait_warning(ns: &TestNs, object: &str, reason: &str) {
+    wait_for(&format!("Warning event {reason} on {object}"), Duration::from_secs(20), || async {
+        let events = events_of(ns, object).await;
+        let found = events.iter().any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason));
+        if found { Ok(()) } else { Err(format!("{} events", events.len())) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn diamond_succeeds_with_fixed_pod_names_labels_and_params() {
     let ns = TestNs::new("diamond").await;
@@ -134,8 +145,7 @@ async fn failing_task_is_retried_then_fails_the_run() {
     let mut names: Vec<String> = pods_of(&ns, "f1").await.iter().map(|p| p.name_any()).collect();
     names.sort();
     assert_eq!(names, ["f1-x-0", "f1-x-1"], "one pod per attempt");
-    let reasons: Vec<String> = events_of(&ns, "f1").await.into_iter().filter_map(|e| e.reason).collect();
-    assert!(reasons.iter().any(|r| r == "TaskRetry"), "{reasons:?}");
+    wait_warning(&ns, "f1", "TaskRetry").await;
 
     // retryFailed re-runs the failed and skipped tasks, in new pods.
     patch_spec(&ns, "f1", serde_json::json!({"retryFailed": 1})).await;
@@ -239,11 +249,7 @@ async fn missing_or_invalid_workflow_fails_the_run_visibly() {
         let cond = status.conditions.iter().find(|c| c.type_ == "Valid").expect("Valid condition");
         assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("False", reason));
         assert!(cond.message.contains(text), "{}", cond.message);
-        let events = events_of(&ns, name).await;
-        assert!(
-            events.iter().any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason)),
-            "Warning event {reason}"
-        );
+        wait_warning(&ns, name, reason).await;
     }
     // The Workflow itself says why it cannot run.
     let workflows: Api<baton::api::Workflow> = ns.api();
