@@ -260,3 +260,31 @@ async fn retry_failed_while_a_run_is_going_is_refused_with_an_event() {
     .await;
     ns.done().await;
 }
+
+#[tokio::test]
+async fn a_tick_whose_run_name_is_taken_by_another_run_is_a_visible_error() {
+    let ns = TestNs::new("tick-collide").await;
+    let _c = ns.controller("alpha");
+    // Runs made by hand under the names the next ticks will want.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let first = (now / 5 + 2) * 5;
+    ns.apply(&workflow("other", "", &[task("t", &[], "1s", 0, "")]));
+    for tick in (first..first + 30).step_by(5) {
+        ns.apply(&run(&format!("nightly-{tick}"), "other", ""));
+    }
+    let settings = "  schedule: {cron: \"*/5 * * * * *\", startingDeadlineSeconds: 60}\n";
+    ns.apply(&workflow("nightly", settings, &[task("t", &[], "1s", 0, "")]));
+    wait_warning(&ns, "nightly", "NameCollision").await;
+    let workflows: Api<Workflow> = ns.api();
+    let cond = wait_for("condition TickStarted=False", Duration::from_secs(30), || async {
+        let wf = workflows.get("nightly").await.map_err(|e| e.to_string())?;
+        let c = wf.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "TickStarted");
+        c.filter(|c| c.status == "False").ok_or("not yet".to_string())
+    })
+    .await;
+    assert_eq!(cond.reason, "NameCollision");
+    assert!(cond.message.contains("already exists and is not this schedule's"), "{}", cond.message);
+    let taken = get(&ns, &format!("nightly-{first}")).await;
+    assert!(taken.labels().get("baton.dev/scheduled-by").is_none(), "the hand-made run is left alone");
+    ns.done().await;
+}

@@ -158,12 +158,31 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
     if !stopped.is_empty() {
         events.push((false, "Replaced", format!("stopped {} to start the run of the tick at {}", stopped.join(", "), tick.time.0)));
     }
-    match start_run(ctx, &runs, &written, &tick).await? {
-        Started::Yes(note) => events.extend(note),
+    let started = start_run(ctx, &runs, &written, &tick).await?;
+    // Step (3). Condition `TickStarted` says how the last tick ended, so a
+    // tick that could not start is visible in status, not only in an Event.
+    let mut done = written.status.clone().unwrap_or_default();
+    let generation = written.metadata.generation;
+    match started {
+        Started::Created => {
+            let message = format!("started run {} for the tick at {}", tick.run, tick.time.0);
+            events.push((false, "Scheduled", message.clone()));
+            set_condition(&mut done.conditions, CONDITION_TICK_STARTED, true, "Started", message, generation);
+        }
+        Started::Adopted => {
+            let message = format!("run {} of the tick at {} exists", tick.run, tick.time.0);
+            set_condition(&mut done.conditions, CONDITION_TICK_STARTED, true, "Started", message, generation);
+        }
+        Started::Collision(whose) => {
+            let message = format!(
+                "tick at {} not started: WorkflowInstance {} already exists and is not this schedule's: {whose}",
+                tick.time.0, tick.run
+            );
+            events.push((true, "NameCollision", message.clone()));
+            set_condition(&mut done.conditions, CONDITION_TICK_STARTED, false, "NameCollision", message, generation);
+        }
         Started::Wait => return Ok(Requeue::requeue(Duration::from_secs(1))),
     }
-    // Step (3).
-    let mut done = written.status.clone().unwrap_or_default();
     done.starting_tick = None;
     done.active_runs = active_runs(&runs, &written).await?;
     let written = fence::write_status(api, &written, done, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
@@ -206,36 +225,36 @@ async fn stop_runs(runs: &Api<WorkflowInstance>, wf: &Workflow, names: &[String]
     Ok(asked)
 }
 
+/// Condition of a scheduled Workflow: whether the last tick's run started.
+const CONDITION_TICK_STARTED: &str = "TickStarted";
+
 enum Started {
-    /// Created, adopted, or refused for good; with the Event to record.
-    Yes(Option<Note>),
+    Created,
+    /// Already there, this workflow's (an earlier owner got that far).
+    Adopted,
+    /// The name belongs to someone else: the tick is given up, visibly.
+    Collision(String),
     /// The name is held by a deleted predecessor's run; try again shortly.
     Wait,
 }
 
 /// Creates the run of a tick; `AlreadyExists` is adoption only when the run
-/// is this workflow's (by UID). A run of that name that is someone else's
-/// is a visible collision: the tick is given up with a Warning Event.
+/// is this workflow's (by UID).
 async fn start_run(ctx: &Context, runs: &Api<WorkflowInstance>, wf: &Workflow, tick: &StartingTick) -> Result<Started, Error> {
     let run = objects::scheduled_run(wf, tick.time.0);
-    let name = tick.run.clone();
     match runs.create(&PostParams::default(), &run).await {
-        Ok(_) => return Ok(Started::Yes(Some((false, "Scheduled", format!("started run {name} for the tick at {}", tick.time.0))))),
+        Ok(_) => return Ok(Started::Created),
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
-    let Some(existing) = runs.get_opt(&name).await? else { return Ok(Started::Wait) };
+    let Some(existing) = runs.get_opt(&tick.run).await? else { return Ok(Started::Wait) };
     Ok(match objects::belongs(&existing.metadata, "Workflow", &wf.name_any(), &wf.uid().unwrap_or_default()) {
         Belongs::Ours => {
             ctx.metrics.adopted.inc();
-            Started::Yes(None)
+            Started::Adopted
         }
         Belongs::Predecessor => Started::Wait,
-        Belongs::Foreign(whose) => {
-            let message =
-                format!("tick at {} not started: WorkflowInstance {name} already exists and is not this schedule's: {whose}", tick.time.0);
-            Started::Yes(Some((true, "NameCollision", message)))
-        }
+        Belongs::Foreign(whose) => Started::Collision(whose),
     })
 }
 
