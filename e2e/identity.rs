@@ -297,3 +297,88 @@ async fn a_tick_whose_run_name_is_taken_by_another_run_is_a_visible_error() {
     assert!(taken.labels().get("baton.dev/scheduled-by").is_none(), "the hand-made run is left alone");
     ns.done().await;
 }
+
+#[tokio::test]
+async fn a_runs_params_and_workflow_cannot_change_once_it_exists() {
+    let ns = TestNs::new("immutable").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&workflow("slow", "", &[task("t", &[], "20s", 0, "")]));
+    ns.apply(&run("p1", "slow", "date: \"2026-01-01\""));
+    wait_phase(&ns, "p1", |p| p == RunPhase::Running).await;
+    let api: Api<WorkflowInstance> = ns.api();
+    for (patch, text) in [
+        (serde_json::json!({"spec": {"params": {"date": "2030-01-01"}}}), "params cannot change"),
+        (serde_json::json!({"spec": {"workflowRef": {"name": "other"}}}), "workflowRef cannot change"),
+    ] {
+        let err = api.patch("p1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap_err();
+        assert!(err.to_string().contains(text), "{err}");
+    }
+    patch_spec(&ns, "p1", serde_json::json!({"shutdown": "Stop"})).await;
+    let stopped = wait_phase(&ns, "p1", |p| p.is_terminal()).await;
+    assert_eq!(stopped.status.unwrap().phase, Some(RunPhase::Stopped));
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn runs_and_schedules_with_names_longer_than_a_label_value_work() {
+    let ns = TestNs::new("long-names").await;
+    let _c = ns.controller("alpha");
+    let wf = format!("nightly-{}", "w".repeat(60));
+    let settings = "  schedule: {cron: \"*/3 * * * * *\", startingDeadlineSeconds: 60}\n";
+    ns.apply(&workflow(&wf, settings, &[task("t", &[], "1s", 0, "")]));
+    let name = format!("run-{}", "r".repeat(70));
+    ns.apply(&workflow("short", "", &[task("t", &[], "1s", 0, "")]));
+    ns.apply(&run(&name, "short", ""));
+    let done = wait_phase(&ns, &name, |p| p.is_terminal()).await;
+    assert_eq!(done.status.unwrap().phase, Some(RunPhase::Succeeded));
+    let api: Api<WorkflowInstance> = ns.api();
+    wait_for("a finished tick of the long-named schedule", RUN_TIMEOUT, || async {
+        let runs = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items;
+        let ticked = runs.iter().any(|r| {
+            r.owner_references().iter().any(|o| o.name == wf) && r.status.as_ref().and_then(|s| s.phase) == Some(RunPhase::Succeeded)
+        });
+        if ticked { Ok(()) } else { Err(format!("{} runs", runs.len())) }
+    })
+    .await;
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn a_tick_whose_run_the_api_server_refuses_is_visible_and_the_schedule_goes_on() {
+    let ns = TestNs::new("tick-refused").await;
+    let _c = ns.controller("alpha");
+    let policy = format!("refuse-ticks-{}", ns.name);
+    ns.apply(&format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {policy}}}\nspec:\n\
+         \x20 failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - {{apiGroups: [baton.dev], apiVersions: [\"*\"], operations: [CREATE], resources: [workflowinstances]}}\n\
+         \x20 validations:\n  - {{expression: \"false\", message: \"runs are refused by the test\", reason: Forbidden}}\n---\n\
+         apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {policy}}}\nspec:\n\
+         \x20 policyName: {policy}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {}}}}}\n",
+        ns.name
+    ));
+    let settings = "  schedule: {cron: \"*/4 * * * * *\", startingDeadlineSeconds: 6}\n";
+    ns.apply(&workflow("ticker", settings, &[task("t", &[], "1s", 0, "")]));
+    wait_warning(&ns, "ticker", "CreateRefused").await;
+    let workflows: Api<Workflow> = ns.api();
+    let cond = wait_for("condition TickStarted=False", Duration::from_secs(30), || async {
+        let wf = workflows.get("ticker").await.map_err(|e| e.to_string())?;
+        let c = wf.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "TickStarted");
+        c.filter(|c| c.status == "False").ok_or("not yet".to_string())
+    })
+    .await;
+    assert!(cond.message.contains("runs are refused by the test"), "{}", cond.message);
+    ns.kubectl(&["delete", "validatingadmissionpolicybinding", &policy], None);
+    ns.kubectl(&["delete", "validatingadmissionpolicy", &policy], None);
+    // Once the API server accepts runs again, the ticks go on: none of them
+    // later than its starting deadline.
+    let api: Api<WorkflowInstance> = ns.api();
+    let started = wait_for("a tick's run", Duration::from_secs(40), || async {
+        let runs = api.list(&ListParams::default().labels("baton.dev/scheduled-by=ticker")).await.map_err(|e| e.to_string())?.items;
+        runs.into_iter().next().ok_or("none yet".to_string())
+    })
+    .await;
+    let tick: i64 = started.name_any().rsplit_once('-').unwrap().1.parse().unwrap();
+    let created = started.metadata.creation_timestamp.as_ref().unwrap().0.as_second();
+    assert!(created - tick <= 6, "run {} created {}s after its tick", started.name_any(), created - tick);
+    ns.done().await;
+}

@@ -327,6 +327,13 @@ pub struct StartingTick {
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.workflowRef == oldSelf.workflowRef", "message": "workflowRef cannot change: create a new run"},
+    {
+        "rule": "(has(self.params) ? self.params : {}) == (has(oldSelf.params) ? oldSelf.params : {})",
+        "message": "params cannot change once the run exists (tasks started later would see other values): create a new run"
+    }
+]))]
 pub struct WorkflowInstanceSpec {
     /// The Workflow to run.
     pub workflow_ref: WorkflowRef,
@@ -587,6 +594,12 @@ pub struct TaskStatus {
     /// Child run of the current attempt (workflowRef tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_instance: Option<String>,
+    /// Child runs this run ended while they were still going (timeout,
+    /// failFast, shutdown, deadline): each is asked once to stop. A child
+    /// that ended by itself is never stopped by its parent, so a request
+    /// made on it later (a retryFailed) stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_children: Vec<String>,
     /// When the current attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -26,6 +26,7 @@ use crate::dag::{self, Dag};
 use crate::fence::{self, Fence, FenceError};
 use crate::lease::Membership;
 use crate::metrics::{ClaimLabel, ErrorLabel, Metrics, PhaseLabel};
+use crate::naming;
 use crate::objects::{self, ANNOTATION_PARENT_STOP, ANNOTATION_PARENT_SUSPEND, Belongs, LABEL_INSTANCE, LABEL_PARENT, LABEL_TASK};
 use crate::ownership::{self, Decision};
 use crate::planner::{self, Action, ChildRequest, Observed, ObservedChild, ObservedPod, Passed, PodState};
@@ -100,7 +101,7 @@ impl Context {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
-            note: Some(message),
+            note: Some(event_note(message)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -133,6 +134,23 @@ impl Error {
 
 pub(crate) fn now() -> Time {
     Time(Timestamp::now())
+}
+
+/// Longest Event note the API server accepts (events.k8s.io/v1).
+const MAX_NOTE: usize = 1024;
+
+/// An Event note cut to what the API server accepts (on a character
+/// boundary), so a long message is shortened rather than the Event lost.
+fn event_note(mut message: String) -> String {
+    if message.len() > MAX_NOTE {
+        let mut end = MAX_NOTE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
 }
 
 /// The owner this controller becomes when it claims: the next epoch.
@@ -294,7 +312,8 @@ async fn observe(ctx: &Context, run: &WorkflowInstance) -> Result<Observed, Erro
     let (ns, name, uid) = (run.namespace().unwrap_or_default(), run.name_any(), run.uid().unwrap_or_default());
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let runs: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &ns);
-    let (pod_selector, child_selector) = (format!("{LABEL_INSTANCE}={name}"), format!("{LABEL_PARENT}={name}"));
+    let label = naming::label_value(&name);
+    let (pod_selector, child_selector) = (format!("{LABEL_INSTANCE}={label}"), format!("{LABEL_PARENT}={label}"));
     let (pod_params, child_params) = (ListParams::default().labels(&pod_selector), ListParams::default().labels(&child_selector));
     let (pods, children) = futures::try_join!(pods.list(&pod_params), runs.list(&child_params))?;
     Ok(Observed {
@@ -303,6 +322,7 @@ async fn observe(ctx: &Context, run: &WorkflowInstance) -> Result<Observed, Erro
             .into_iter()
             .filter(|c| objects::controlled_by(&c.metadata, &uid))
             .map(|c| ObservedChild {
+                uid: c.uid().unwrap_or_default(),
                 task: c.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
                 name: c.name_any(),
                 phase: c.status.as_ref().and_then(|s| s.phase),
@@ -325,6 +345,7 @@ fn observed_pod(pod: Pod) -> ObservedPod {
         _ => PodState::Waiting,
     };
     ObservedPod {
+        uid: pod.uid().unwrap_or_default(),
         task: pod.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
         name: pod.name_any(),
         state,
@@ -400,7 +421,7 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
             ctx.metrics.fenced_writes_refused.inc();
             return Ok(Requeue::requeue(Duration::from_secs(1)));
         }
-        match carry_out(ctx, &written, &workflow, &values, epoch, action).await? {
+        match carry_out(ctx, &written, &workflow, &values, epoch, &observed, action).await? {
             Done::Yes => {}
             Done::Wait => waiting = true,
             Done::TaskFails(failure) => failures.push(failure),
@@ -410,7 +431,7 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
         return fail_tasks(api, written, failures, ctx).await;
     }
     if waiting {
-        return Ok(Requeue::requeue(Duration::from_secs(1)));
+        return Ok(Requeue::requeue(Duration::from_secs(3)));
     }
     let requeue = if plan.status.phase.unwrap_or_default().is_terminal() { None } else { plan.requeue_after };
     Ok(Requeue::requeue(requeue.unwrap_or(RESYNC).min(RESYNC)))
@@ -447,8 +468,8 @@ fn task_phase_name(p: TaskPhase) -> &'static str {
 /// How one API call of a plan went, when it did not fail outright.
 enum Done {
     Yes,
-    /// The name is taken by what a deleted predecessor left behind; the
-    /// garbage collector removes it shortly, then the call is made again.
+    /// The name is taken by an object that is going away (left by a deleted
+    /// predecessor, or being deleted); the call is made again after it.
     Wait,
     /// The task cannot go on: its object could not be built, was refused as
     /// invalid, or its name belongs to someone else.
@@ -469,6 +490,7 @@ async fn carry_out(
     workflow: &WorkflowSpec,
     values: &BTreeMap<String, String>,
     epoch: i64,
+    observed: &Observed,
     action: &Action,
 ) -> Result<Done, Error> {
     let ns = run.namespace().unwrap_or_default();
@@ -483,14 +505,22 @@ async fn carry_out(
             Ok(child) => create(ctx, run, task, &Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns), &child).await,
             Err(message) => Ok(invalid(task, message)),
         },
-        Action::DeletePod { name } => match Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(name, &DeleteParams::default()).await {
-            Ok(_) => Ok(Done::Yes),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Done::Yes),
-            Err(e) => Err(e.into()),
-        },
+        Action::DeletePod { name } => {
+            // Only the pod that was observed as the run's: a namesake made
+            // since is refused by the precondition (409) and left alone.
+            let uid = observed.pods.iter().find(|p| &p.name == name).map(|p| p.uid.clone());
+            let dp = DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..DeleteParams::default() };
+            match Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(name, &dp).await {
+                Ok(_) => Ok(Done::Yes),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Done::Yes),
+                Err(e) => Err(e.into()),
+            }
+        }
         Action::SteerChild { name, request } => {
-            // The annotation records what was passed on, in the same patch.
-            let patch = match request {
+            // The annotation records what was passed on, in the same patch;
+            // the UID makes it apply only to the child that was observed.
+            let uid = observed.children.iter().find(|c| &c.name == name).map(|c| c.uid.clone());
+            let mut patch = match request {
                 ChildRequest::Suspend(s) => serde_json::json!({
                     "metadata": {"annotations": {ANNOTATION_PARENT_SUSPEND: s.to_string()}},
                     "spec": {"suspend": s},
@@ -500,10 +530,11 @@ async fn carry_out(
                     "spec": {"shutdown": "Stop"},
                 }),
             };
+            patch["metadata"]["uid"] = serde_json::json!(uid);
             let api = Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns);
             match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => Ok(Done::Yes),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(Done::Yes),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Done::Yes),
                 Err(e) => Err(e.into()),
             }
         }
@@ -535,8 +566,9 @@ where
                     debug!(%kind, %name, "adopted existing object");
                     Ok(Done::Yes)
                 }
-                Belongs::Predecessor => {
-                    debug!(%kind, %name, "name still taken by a deleted predecessor's object; waiting for the garbage collector");
+                Belongs::Going(why) => {
+                    info!(%kind, %name, %why, "name still taken; waiting for it to go");
+                    ctx.event(run, true, "NameTaken", format!("task {task}: {kind} {name} exists: {why}; waiting for it to go"));
                     Ok(Done::Wait)
                 }
                 Belongs::Foreign(whose) => {
@@ -627,4 +659,16 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_event_notes_are_cut_to_what_the_api_server_accepts() {
+        assert_eq!(event_note("short".into()), "short");
+        let cut = event_note("é".repeat(1000));
+        assert!(cut.len() <= MAX_NOTE && cut.ends_with("..."), "{}", cut.len());
+    }
 }

@@ -26,6 +26,14 @@ pub fn scheduled(workflow: &str, tick_unix_seconds: i64) -> String {
     shorten(format!("{workflow}-{tick_unix_seconds}"))
 }
 
+/// The value of a label that names an object (`baton.dev/instance`,
+/// `baton.dev/parent`, `baton.dev/scheduled-by`): the name itself, shortened
+/// like generated names when it is longer than a label value may be. Object
+/// names may have 253 characters, label values 63.
+pub fn label_value(name: &str) -> String {
+    shorten(name.to_string())
+}
+
 /// Keeps names of at most [`MAX_NAME`] characters; longer ones become a
 /// prefix and a hash of the whole name, so distinct names stay distinct.
 pub fn shorten(name: String) -> String {
@@ -64,6 +72,14 @@ mod tests {
         assert_eq!(a, pod(&run, "some-long-task-name", 0));
         assert!(a.starts_with(&run));
         assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+    }
+
+    #[test]
+    fn label_values_fit_whatever_the_name() {
+        assert_eq!(label_value("etl-2026-01-01"), "etl-2026-01-01");
+        let long = "x".repeat(200);
+        assert_eq!(label_value(&long).len(), MAX_NAME);
+        assert_ne!(label_value(&long), label_value(&"x".repeat(201)));
     }
 
     #[test]

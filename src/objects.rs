@@ -36,9 +36,10 @@ pub const MAX_DEPTH: u32 = 8;
 pub enum Belongs {
     /// Controlled by the owner with this UID.
     Ours,
-    /// Controlled by an earlier object of the same kind and name, now
-    /// deleted: the garbage collector is about to remove it; wait for that.
-    Predecessor,
+    /// Going away: controlled by an earlier baton object of the same kind
+    /// and name, now deleted (the garbage collector is about to remove it),
+    /// or being deleted. Wait for that; the text says what is awaited.
+    Going(String),
     /// Anyone else's, or nobody's: a name collision, described for people.
     Foreign(String),
 }
@@ -48,8 +49,10 @@ pub fn belongs(object: &ObjectMeta, kind: &str, name: &str, uid: &str) -> Belong
     let controller = object.owner_references.iter().flatten().find(|r| r.controller == Some(true));
     match controller {
         Some(r) if r.uid == uid => Belongs::Ours,
-        Some(r) if r.kind == kind && r.name == name => Belongs::Predecessor,
-        _ if object.deletion_timestamp.is_some() => Belongs::Predecessor,
+        Some(r) if r.api_version.starts_with("baton.dev/") && r.kind == kind && r.name == name => {
+            Belongs::Going(format!("it belongs to a deleted {kind} {name} (uid {}) and waits for the garbage collector", r.uid))
+        }
+        _ if object.deletion_timestamp.is_some() => Belongs::Going("it is being deleted".into()),
         Some(r) => Belongs::Foreign(format!("it belongs to {} {} (uid {})", r.kind, r.name, r.uid)),
         None => Belongs::Foreign("it belongs to no controller".into()),
     }
@@ -95,7 +98,7 @@ pub fn pod(run: &WorkflowInstance, task: &TaskSpec, attempt: i32, values: &BTree
     let template = task.pod_template.clone().unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels;
-    labels.insert(LABEL_INSTANCE.into(), run_name.into());
+    labels.insert(LABEL_INSTANCE.into(), naming::label_value(run_name));
     labels.insert(LABEL_TASK.into(), task.name.clone());
     labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
     let mut annotations = meta.annotations;
@@ -152,7 +155,7 @@ pub fn child(
     child.metadata.namespace = run.metadata.namespace.clone();
     child.metadata.labels = Some(
         [
-            (LABEL_PARENT.to_string(), run_name.to_string()),
+            (LABEL_PARENT.to_string(), naming::label_value(run_name)),
             (LABEL_TASK.to_string(), task.name.clone()),
             (LABEL_ATTEMPT.to_string(), attempt.to_string()),
         ]
@@ -179,7 +182,7 @@ pub fn scheduled_run(workflow: &crate::api::Workflow, tick: k8s_openapi::jiff::T
         WorkflowInstanceSpec { workflow_ref: WorkflowRef { name: wf_name.into() }, ..Default::default() },
     );
     run.metadata.namespace = workflow.metadata.namespace.clone();
-    run.metadata.labels = Some([(LABEL_SCHEDULED_BY.to_string(), wf_name.to_string())].into());
+    run.metadata.labels = Some([(LABEL_SCHEDULED_BY.to_string(), naming::label_value(wf_name))].into());
     run.metadata.annotations = Some([(ANNOTATION_SCHEDULED_TIME.to_string(), tick.to_string())].into());
     run.metadata.owner_references = Some(vec![workflow.controller_owner_ref(&()).expect("a stored workflow has a name and uid")]);
     run
@@ -268,7 +271,10 @@ mod tests {
         assert!(controlled_by(&p.metadata, "uid-1"));
         assert!(!controlled_by(&p.metadata, "uid-2"));
         // The same name, created again: the old run's pod waits for the GC.
-        assert_eq!(belongs(&p.metadata, "WorkflowInstance", "etl-1", "uid-2"), Belongs::Predecessor);
+        assert!(matches!(belongs(&p.metadata, "WorkflowInstance", "etl-1", "uid-2"), Belongs::Going(_)));
+        let mut other_group = p.metadata.clone();
+        other_group.owner_references.as_mut().unwrap()[0].api_version = "example.com/v1".into();
+        assert!(matches!(belongs(&other_group, "WorkflowInstance", "etl-1", "uid-2"), Belongs::Foreign(_)), "same kind, other group");
         // Another run whose generated name happens to be the same.
         match belongs(&p.metadata, "WorkflowInstance", "etl", "uid-3") {
             Belongs::Foreign(why) => assert_eq!(why, "it belongs to WorkflowInstance etl-1 (uid uid-1)"),
@@ -278,6 +284,10 @@ mod tests {
         orphan.owner_references = None;
         assert_eq!(belongs(&orphan, "WorkflowInstance", "etl-1", "uid-1"), Belongs::Foreign("it belongs to no controller".into()));
         orphan.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        assert_eq!(belongs(&orphan, "WorkflowInstance", "etl-1", "uid-1"), Belongs::Predecessor, "going away: wait");
+        assert_eq!(
+            belongs(&orphan, "WorkflowInstance", "etl-1", "uid-1"),
+            Belongs::Going("it is being deleted".into()),
+            "going away: wait"
+        );
     }
 }

@@ -29,6 +29,8 @@ pub enum PodState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservedPod {
     pub name: String,
+    /// Deletes carry it as a precondition: never delete a namesake.
+    pub uid: String,
     pub task: String,
     pub state: PodState,
     pub exit_code: Option<i32>,
@@ -41,6 +43,8 @@ pub struct ObservedPod {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservedChild {
     pub name: String,
+    /// Patches carry it as a precondition: never steer a namesake.
+    pub uid: String,
     pub task: String,
     pub phase: Option<RunPhase>,
     /// What the parent has passed on to it so far (its annotations).
@@ -180,6 +184,17 @@ impl Step<'_> {
         }
     }
 
+    /// The run ends task `i` while its child run may still be going: record
+    /// the intent to stop that child.
+    fn abandon_child(&mut self, i: usize) {
+        let t = self.task(i);
+        if let Some(child) = t.child_instance.clone()
+            && !t.stop_children.contains(&child)
+        {
+            t.stop_children.push(child);
+        }
+    }
+
     /// An attempt ended without success: retry after the backoff if the
     /// budget allows, else the task fails.
     fn attempt_failed(&mut self, i: usize, why: String) {
@@ -206,7 +221,10 @@ impl Step<'_> {
     fn end_unfinished(&mut self, running: TaskPhase, pending: TaskPhase, why: &str) {
         for i in 0..self.st.tasks.len() {
             match self.st.tasks[i].phase {
-                TaskPhase::Running => self.finish_task(i, running, Some(why.to_string())),
+                TaskPhase::Running => {
+                    self.abandon_child(i);
+                    self.finish_task(i, running, Some(why.to_string()))
+                }
                 TaskPhase::Pending => self.finish_task(i, pending, Some(why.to_string())),
                 _ => {}
             }
@@ -284,7 +302,10 @@ impl Step<'_> {
                     self.events.push(Note::normal("TaskStopped", format!("task {name}: {why}")));
                     self.finish_task(i, TaskPhase::Stopped, Some(why));
                 }
-                None if timed_out => self.attempt_failed(i, format!("timed out after {}s", timeout.unwrap_or_default())),
+                None if timed_out => {
+                    self.abandon_child(i);
+                    self.attempt_failed(i, format!("timed out after {}s", timeout.unwrap_or_default()))
+                }
                 None => {}
             }
         }
@@ -491,8 +512,8 @@ pub fn actions(status: &WorkflowInstanceStatus, spec: &WorkflowInstanceSpec, obs
             if child.passed.suspend != Some(spec.suspend) {
                 out.push(Action::SteerChild { name: child.name.clone(), request: ChildRequest::Suspend(spec.suspend) });
             }
-        } else if !child_ended && !child.passed.stop {
-            // Its task or the whole run ended: the child must end too.
+        } else if !child_ended && !child.passed.stop && status.tasks.iter().any(|t| t.stop_children.contains(&child.name)) {
+            // The run ended its task while it was going: it must end too.
             out.push(Action::SteerChild { name: child.name.clone(), request: ChildRequest::Stop });
         }
     }

@@ -154,11 +154,19 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
     if !ctx.membership.valid() {
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     }
-    let stopped = stop_runs(&runs, &written, &tick.stop).await?;
-    if !stopped.is_empty() {
-        events.push((false, "Replaced", format!("stopped {} to start the run of the tick at {}", stopped.join(", "), tick.time.0)));
-    }
-    let started = start_run(ctx, &runs, &written, &tick).await?;
+    // A tick that could not be started in time is given up, as CronJob
+    // gives up a tick past startingDeadlineSeconds.
+    let deadline = written.spec.schedule.as_ref().and_then(|s| s.starting_deadline_seconds);
+    let expired = deadline.is_some_and(|d| Timestamp::now().as_second() - tick.time.0.as_second() > d);
+    let started = if expired {
+        Started::Expired
+    } else {
+        let stopped = stop_runs(&runs, &written, &tick.stop).await?;
+        if !stopped.is_empty() {
+            events.push((false, "Replaced", format!("stopped {} to start the run of the tick at {}", stopped.join(", "), tick.time.0)));
+        }
+        start_run(ctx, &runs, &written, &tick).await?
+    };
     // Step (3). Condition `TickStarted` says how the last tick ended, so a
     // tick that could not start is visible in status, not only in an Event.
     let mut done = written.status.clone().unwrap_or_default();
@@ -181,6 +189,26 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
             events.push((true, "NameCollision", message.clone()));
             set_condition(&mut done.conditions, CONDITION_TICK_STARTED, false, "NameCollision", message, generation);
         }
+        Started::Refused { message, retry } => {
+            let message = format!("tick at {}: creating run {} was refused: {message}", tick.time.0, tick.run);
+            let again = if retry { "; retrying until startingDeadlineSeconds" } else { "" };
+            events.push((true, "CreateRefused", format!("{message}{again}")));
+            set_condition(&mut done.conditions, CONDITION_TICK_STARTED, false, "CreateRefused", message, generation);
+            if retry {
+                // Keep the intent; say why it is not done yet.
+                let written = fence::write_status(api, &written, done, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
+                for (warning, reason, message) in events {
+                    ctx.event(&written, warning, reason, message);
+                }
+                return Ok(Requeue::requeue(Duration::from_secs(5)));
+            }
+        }
+        Started::Expired => {
+            let message = format!("tick at {} not started: past startingDeadlineSeconds before its run could be created", tick.time.0);
+            done.missed_ticks += 1;
+            events.push((true, "MissedSchedule", message.clone()));
+            set_condition(&mut done.conditions, CONDITION_TICK_STARTED, false, "DeadlineExceeded", message, generation);
+        }
         Started::Wait => return Ok(Requeue::requeue(Duration::from_secs(1))),
     }
     done.starting_tick = None;
@@ -196,7 +224,8 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
 /// and only those whose controller ownerReference is this workflow), sorted.
 async fn active_runs(runs: &Api<WorkflowInstance>, wf: &Workflow) -> Result<Vec<String>, Error> {
     let uid = wf.uid().unwrap_or_default();
-    let mine = runs.list(&ListParams::default().labels(&format!("{LABEL_SCHEDULED_BY}={}", wf.name_any()))).await?;
+    let selector = format!("{LABEL_SCHEDULED_BY}={}", naming::label_value(&wf.name_any()));
+    let mine = runs.list(&ListParams::default().labels(&selector)).await?;
     let mut active: Vec<String> = mine
         .iter()
         .filter(|r| objects::controlled_by(&r.metadata, &uid))
@@ -234,6 +263,14 @@ enum Started {
     Adopted,
     /// The name belongs to someone else: the tick is given up, visibly.
     Collision(String),
+    /// The API server refused the create; `retry` when it may clear up
+    /// (quota, policy, throttling), not when the run is invalid.
+    Refused {
+        message: String,
+        retry: bool,
+    },
+    /// Past its starting deadline before the run could be created.
+    Expired,
     /// The name is held by a deleted predecessor's run; try again shortly.
     Wait,
 }
@@ -245,6 +282,8 @@ async fn start_run(ctx: &Context, runs: &Api<WorkflowInstance>, wf: &Workflow, t
     match runs.create(&PostParams::default(), &run).await {
         Ok(_) => return Ok(Started::Created),
         Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 => return Ok(Started::Refused { message: s.message, retry: false }),
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 429 => return Ok(Started::Refused { message: s.message, retry: true }),
         Err(e) => return Err(e.into()),
     }
     let Some(existing) = runs.get_opt(&tick.run).await? else { return Ok(Started::Wait) };
@@ -253,7 +292,7 @@ async fn start_run(ctx: &Context, runs: &Api<WorkflowInstance>, wf: &Workflow, t
             ctx.metrics.adopted.inc();
             Started::Adopted
         }
-        Belongs::Predecessor => Started::Wait,
+        Belongs::Going(_) => Started::Wait,
         Belongs::Foreign(whose) => Started::Collision(whose),
     })
 }
@@ -275,7 +314,10 @@ pub async fn run(
     Controller::new(workflows, watcher::Config::default().any_semantic())
         .watches(runs, watcher::Config::default().labels(LABEL_SCHEDULED_BY).any_semantic(), |run: WorkflowInstance| {
             let ns = run.namespace()?;
-            run.labels().get(LABEL_SCHEDULED_BY).map(|wf| ObjectRef::new(wf).within(&ns))
+            // The workflow is the run's controller owner (its label may be a
+            // shortened name).
+            let owner = run.owner_references().iter().find(|r| r.controller == Some(true) && r.kind == "Workflow")?;
+            Some(ObjectRef::new(&owner.name).within(&ns))
         })
         .reconcile_all_on(recheck)
         .graceful_shutdown_on(shutdown)

@@ -51,6 +51,7 @@ impl Sim {
         for a in &plan.actions {
             match a {
                 Action::CreatePod { task, attempt } => self.observed.pods.push(ObservedPod {
+                    uid: format!("uid-{task}-{attempt}"),
                     name: naming::pod("r", task, *attempt),
                     task: task.clone(),
                     state: PodState::Running,
@@ -60,6 +61,7 @@ impl Sim {
                 }),
                 Action::DeletePod { name } => self.observed.pods.retain(|p| &p.name != name),
                 Action::CreateChild { task, attempt } => self.observed.children.push(ObservedChild {
+                    uid: format!("uid-{task}-{attempt}"),
                     name: naming::child("r", task, *attempt),
                     task: task.clone(),
                     phase: None,
@@ -329,6 +331,38 @@ fn requests_made_on_the_child_itself_are_never_undone() {
     assert_eq!(sim.phase("a"), TaskPhase::Stopped, "the task ends as asked, not retried");
     assert_eq!(sim.status.tasks[0].attempts, 1);
     assert!(plan.events.iter().any(|e| e.reason == "TaskStopped"));
+}
+
+#[test]
+fn a_retry_made_on_a_finished_child_is_not_undone_by_its_parent() {
+    let mut wf = with_child_task();
+    wf.fail_fast = Some(false);
+    wf.tasks.push(task("e", &[]));
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    sim.observed.children[0].phase = Some(RunPhase::Failed);
+    sim.step(1);
+    assert_eq!((sim.phase("a"), sim.status.phase), (TaskPhase::Failed, Some(RunPhase::Running)));
+    // The user re-runs the failed child itself (retryFailed on the child).
+    sim.observed.children[0].phase = Some(RunPhase::Running);
+    let plan = sim.step(2);
+    assert!(!plan.actions.iter().any(|a| matches!(a, Action::SteerChild { .. })), "{:?}", plan.actions);
+}
+
+#[test]
+fn a_timed_out_child_is_stopped_and_its_retry_runs_in_a_new_child() {
+    let mut wf = with_child_task();
+    wf.tasks[0].timeout_seconds = Some(10);
+    wf.tasks[0].retries = Some(RetryPolicy { limit: 1, backoff_seconds: 0 });
+    let mut sim = Sim::new(wf);
+    sim.step(0);
+    let plan = sim.step(10);
+    assert_eq!(
+        plan.actions,
+        [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Stop }, Action::CreateChild { task: "a".into(), attempt: 1 }]
+    );
+    assert_eq!(sim.status.tasks[0].stop_children, ["r-a"]);
+    assert!(sim.step(11).actions.is_empty(), "asked once");
 }
 
 #[test]
