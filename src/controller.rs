@@ -437,11 +437,15 @@ async fn carry_out(
     let task_spec = |task: &str| workflow.tasks.iter().find(|t| t.name == task).expect("planned tasks exist");
     let created = match action {
         Action::CreatePod { task, attempt } => match objects::pod(run, task_spec(task), *attempt, values, epoch) {
-            Ok(pod) => Api::<Pod>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &pod).await.map(|_| ()),
+            Ok(pod) => {
+                crate::failpoint!("run-create-pod");
+                Api::<Pod>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &pod).await.map(|_| ())
+            }
             Err(message) => return Ok(Err((task.clone(), message))),
         },
         Action::CreateChild { task, attempt } => match objects::child(run, task_spec(task), *attempt, values, epoch) {
             Ok(child) => {
+                crate::failpoint!("run-create-child");
                 Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &child).await.map(|_| ())
             }
             Err(message) => return Ok(Err((task.clone(), message))),
