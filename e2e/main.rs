@@ -10,3 +10,4 @@ mod install;
 mod rules;
 mod runs;
 mod schedule;
+mod webhook;
