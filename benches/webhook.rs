@@ -7,7 +7,8 @@
 //! - the same pod without baton's label: the objectSelector skips it.
 //!
 //! Prints p50, p99 and max of each. `make bench-webhook`. Prints figures;
-//! asserts only that the webhook judged every labelled pod.
+//! asserts only that the labelled pods really go through the webhook (one
+//! with an unreadable epoch is refused).
 
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]
@@ -72,6 +73,12 @@ async fn main() {
         timed_create(&pods, &pod(&format!("warm-judged-{i}"), Some(&run))).await;
         timed_create(&pods, &pod(&format!("warm-plain-{i}"), None)).await;
     }
+    let mut bad = pod("unreadable-epoch", Some(&run));
+    bad.annotations_mut().insert("baton.dev/owner-epoch".into(), "none".into());
+    match pods.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("the webhook should refuse a pod with an unreadable epoch: {other:?}"),
+    }
     let metrics = controller.metrics_addr().await;
     let before = support::metric(metrics, "baton_admission_reviews_total{verdict=\"allowed\"}");
     let (mut judged, mut plain) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -79,8 +86,8 @@ async fn main() {
         judged.push(timed_create(&pods, &pod(&format!("judged-{i}"), Some(&run))).await);
         plain.push(timed_create(&pods, &pod(&format!("plain-{i}"), None)).await);
     }
-    let allowed = support::metric(metrics, "baton_admission_reviews_total{verdict=\"allowed\"}") - before;
-    assert_eq!(allowed as usize, n, "the webhook judged every labelled pod");
+    // Reviews this controller made (others on this host share the port).
+    let judged_here = support::metric(metrics, "baton_admission_reviews_total{verdict=\"allowed\"}") - before;
 
     judged.sort();
     plain.sort();
@@ -92,6 +99,7 @@ async fn main() {
     }
     let added = |p| percentile(&judged, p).saturating_sub(percentile(&plain, p));
     println!("{:<28}{}{}", "added by the webhook", ms(added(0.50)), ms(added(0.99)));
+    println!("reviews made by the benchmark's controller: {judged_here} of {n}");
     drop(controller);
     elsewhere.done().await;
     ns.done().await;
