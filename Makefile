@@ -2,8 +2,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# Tests and the chaos suite build the controller with its failpoints (the
+# end-to-end tests configure them); `make build` and the benchmarks do not.
+TEST_FEATURES := --features failpoints
 
-.PHONY: all build crds test bench bench-runs demo demo-down cluster-up cluster-down helm chart chaos clean
+.PHONY: all build crds test bench bench-runs bench-webhook demo demo-down cluster-up cluster-down helm chart chaos clean
 
 all: build
 
@@ -20,7 +23,7 @@ crds:
 ## against the local control plane (built on first use), and the chaos
 ## suite in its short CI setting.
 test: cluster-up helm
-	CHAOS_DURATION=90s $(CARGO) test --all-targets -- --test-threads 4
+	CHAOS_DURATION=90s $(CARGO) test $(TEST_FEATURES) --all-targets -- --test-threads 4
 	$(CARGO) run --quiet --bin baton -- validate config/samples/*.yaml
 	KUBECONFIG=$(CURDIR)/target/e2e/kubeconfig kubectl apply --dry-run=server -f crds/
 
@@ -34,7 +37,7 @@ demo-down:
 ## Failover chaos suite (e2e/chaos/): faults and requests for CHAOS_DURATION
 ## (default 5m), then the invariants and a summary table. CHAOS_SEED replays.
 chaos: cluster-up
-	CHAOS_DURATION=$${CHAOS_DURATION:-5m} $(CARGO) test --test chaos
+	CHAOS_DURATION=$${CHAOS_DURATION:-5m} $(CARGO) test $(TEST_FEATURES) --test chaos
 
 cluster-up:
 	e2e/cluster up >/dev/null
@@ -57,6 +60,11 @@ bench:
 ## 1,000 runs against the local control plane (BENCH_RUNS=n to change).
 bench-runs: cluster-up
 	$(CARGO) bench --bench runs
+
+## Pod-create latency (p50/p99) with and without the admission webhook, on
+## the local control plane (BENCH_PODS=n creates of each, default 300).
+bench-webhook: cluster-up
+	$(CARGO) bench --bench webhook
 
 clean:
 	$(CARGO) clean

@@ -4,6 +4,9 @@
 //! - The chart lints, renders with its defaults and with a watched
 //!   namespace, and `values.schema.json` (plus the chart's own checks)
 //!   refuses bad values at render time.
+//! - The chart's admission webhook comes with a certificate that is signed
+//!   by its caBundle and valid for its Service's DNS name, and that an
+//!   upgrade keeps.
 //! - Both renders are accepted by the API server (`kubectl apply
 //!   --server-side --dry-run=server`), and the kustomize base renders the
 //!   same objects as the chart's defaults (labels aside).
@@ -18,7 +21,9 @@
 //!   identity (its Lease exists: create refused, get, update), and finally
 //!   stops cleanly (Lease deleted). The API server's audit log
 //!   (`e2e/audit-policy.yaml`: one line per request made with a
-//!   ServiceAccount token) is the record of what the controller did. From it
+//!   ServiceAccount token) is the record of what the controller did; the
+//!   chart's admission webhook is installed too, served by that controller
+//!   (its direct reads of runs are in the record). From it
 //!   the test takes the set of (API group, resource, verb) the controller
 //!   used and compares it with the set the chart's roles grant:
 //!   * no request of the controller was refused (403), and every one was in
@@ -38,11 +43,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton::api::{RunPhase, WorkflowInstance};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::Value;
 
 use crate::runs::wait_phase;
-use crate::support::{TestNs, kubeconfig, state_dir, wait_for};
+use crate::support::{TestNs, kubeconfig, metric, state_dir, wait_for};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -141,11 +147,29 @@ fn chart_lints_and_bad_values_fail_at_render_time() {
     assert!(pod["topologySpreadConstraints"].is_array());
     assert!(pod["terminationGracePeriodSeconds"].as_i64().unwrap() > 15, "longer than the default lease duration");
     let kinds: BTreeSet<String> = docs.iter().map(|d| kind_name(d).0).collect();
-    for k in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget"]
-    {
+    for k in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ValidatingWebhookConfiguration",
+        "Secret",
+    ] {
         assert!(kinds.contains(k), "the default render has a {k}: {kinds:?}");
     }
     assert!(!kinds.contains("ServiceMonitor"), "ServiceMonitor is opt-in");
+
+    // webhook.enabled=false: no webhook, no certificate, no flag.
+    let plain = documents(&template("baton", "baton-system", &["webhook.enabled=false"]).unwrap());
+    let plain_kinds: BTreeSet<String> = plain.iter().map(|d| kind_name(d).0).collect();
+    assert!(!plain_kinds.contains("ValidatingWebhookConfiguration") && !plain_kinds.contains("Secret"), "{plain_kinds:?}");
+    assert!(!plain.iter().any(|d| kind_name(d).1.ends_with("-webhook")), "no webhook Service");
+    let plain_pod = &plain.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert!(!plain_pod["containers"][0]["args"].to_string().contains("webhook") && plain_pod["volumes"].is_null(), "{plain_pod}");
 
     let watched =
         documents(&template("baton", "baton-system", &["controller.watchNamespace=team-a", "serviceMonitor.enabled=true"]).unwrap());
@@ -158,6 +182,12 @@ fn chart_lints_and_bad_values_fail_at_render_time() {
     assert!(watched.iter().any(|d| d["kind"] == "ServiceMonitor"));
     // The same rules, whichever way they are bound.
     assert_eq!(rules_of(&watched, "Role")["baton"], rules_of(&docs, "ClusterRole")["baton"]);
+    // The webhook then judges the watched namespace only: the controllers
+    // cannot read runs elsewhere.
+    let vwc = watched.iter().find(|d| d["kind"] == "ValidatingWebhookConfiguration").unwrap();
+    for w in vwc["webhooks"].as_array().unwrap() {
+        assert_eq!(w["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "team-a", "{w}");
+    }
 
     for bad in [
         "replicaCount=-1",
@@ -166,11 +196,134 @@ fn chart_lints_and_bad_values_fail_at_render_time() {
         "controller.watchNamespace=Not_A_Namespace",
         "terminationGracePeriodSeconds=10",
         "controller.renewInterval=20s",
+        "webhook.port=8080",
+        "webhook.timeoutSeconds=0",
         "unknownValue=1",
     ] {
         let refused = template("baton", "baton-system", &[bad]);
         assert!(refused.is_err(), "--set {bad} should be refused, got a render");
     }
+}
+
+/// Completes a TLS handshake with baton's webhook server setup serving the
+/// certificate in `cert_dir`, as a client that trusts only `ca_pem` and
+/// asks for `server_name` (what the API server does: chain, name, dates).
+async fn handshake(cert_dir: &Path, ca_pem: &[u8], server_name: &str) -> Result<(), String> {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring::default_provider};
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(baton::webhook::tls_config(cert_dir)?));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        acceptor.accept(tcp).await.map(|_| ())
+    });
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let result = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map(|_| ()).map_err(|e| e.to_string());
+    let _ = server.await;
+    result
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let out = run(Command::new("base64").arg("-d"), Some(text)).unwrap_or_else(|e| panic!("{e}"));
+    out.into_bytes()
+}
+
+/// `helm template` with `--dry-run=server`: `lookup` reads the cluster, as
+/// in `helm install` and `helm upgrade`.
+fn template_against_cluster(release: &str, namespace: &str) -> Vec<Value> {
+    let mut cmd = Command::new(root().join("e2e/helm"));
+    cmd.env("KUBECONFIG", kubeconfig()).current_dir(root());
+    cmd.args(["template", release, "charts/baton", "--namespace", namespace, "--dry-run=server"]);
+    documents(&run(&mut cmd, None).unwrap_or_else(|e| panic!("{e}")))
+}
+
+#[tokio::test]
+async fn chart_webhook_has_a_valid_certificate_that_upgrades_keep() {
+    let docs = documents(&template("baton", "baton-system", &[]).unwrap());
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("a {kind}"));
+    let (secret, vwc) = (find("Secret"), find("ValidatingWebhookConfiguration"));
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let service = docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "baton-webhook").expect("the webhook Service");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook");
+    let webhooks = vwc["webhooks"].as_array().unwrap();
+    let scoped: BTreeMap<&str, (&str, &str)> = webhooks
+        .iter()
+        .map(|w| {
+            let key = w["objectSelector"]["matchExpressions"][0]["key"].as_str().unwrap();
+            (w["name"].as_str().unwrap(), (w["rules"][0]["resources"][0].as_str().unwrap(), key))
+        })
+        .collect();
+    assert_eq!(
+        scoped,
+        BTreeMap::from([("pods.baton.dev", ("pods", "baton.dev/instance")), ("runs.baton.dev", ("workflowinstances", "baton.dev/parent"))]),
+        "pods and child runs, by baton's labels only"
+    );
+    for w in webhooks {
+        assert_eq!(w["rules"][0]["operations"], serde_json::json!(["CREATE"]));
+        assert_eq!(w["objectSelector"]["matchExpressions"][0]["operator"], "Exists");
+        assert_eq!((w["failurePolicy"].as_str(), w["sideEffects"].as_str()), (Some("Fail"), Some("None")));
+        assert!(w["timeoutSeconds"].as_i64().unwrap() <= 10, "a small timeout: {w}");
+        let client = &w["clientConfig"];
+        assert_eq!(
+            client["service"],
+            serde_json::json!({"name": "baton-webhook", "namespace": "baton-system", "path": "/validate", "port": 443})
+        );
+        assert_eq!(client["caBundle"], secret["data"]["ca.crt"], "the caBundle is the Secret's CA");
+    }
+    let pod = &find("Deployment")["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(args.contains("--webhook-addr=0.0.0.0:9443") && args.contains("--webhook-cert-dir=/etc/baton/webhook"), "{args}");
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], secret["metadata"]["name"]);
+    assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/etc/baton/webhook");
+
+    // The certificate is signed by the caBundle and valid for the
+    // Service's DNS name, and its key matches: a client that trusts only
+    // the caBundle completes a handshake with baton's own TLS setup.
+    let dir = state_dir().join(format!("webhook-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, key) in [("tls.crt", "tls.crt"), ("tls.key", "tls.key")] {
+        std::fs::write(dir.join(file), base64_decode(secret["data"][key].as_str().unwrap())).unwrap();
+    }
+    let ca = base64_decode(vwc["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap());
+    handshake(&dir, &ca, "baton-webhook.baton-system.svc").await.expect("the API server's view of the webhook certificate");
+    let wrong = handshake(&dir, &ca, "baton-webhook.other.svc").await;
+    assert!(wrong.as_ref().is_err_and(|e| e.contains("not valid for name")), "valid for its own Service only: {wrong:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Upgrades keep the certificate: with the Secret in the cluster, the
+    // chart reuses it (lookup), where a render without the cluster makes a
+    // new CA every time.
+    let ns = TestNs::new("chart-cert").await;
+    let ca_of = |docs: &[Value]| docs.iter().find(|d| d["kind"] == "Secret").unwrap()["data"]["ca.crt"].clone();
+    let install = template_against_cluster("baton", &ns.name);
+    assert_ne!(ca_of(&install), ca_of(&documents(&template("baton", &ns.name, &[]).unwrap())), "a fresh render makes a new CA");
+    let mut installed = install.iter().find(|d| d["kind"] == "Secret").unwrap().clone();
+    // As `helm install` leaves it: owned by the release.
+    installed["metadata"]["annotations"] =
+        serde_json::json!({"meta.helm.sh/release-name": "baton", "meta.helm.sh/release-namespace": ns.name});
+    kubectl(&["apply", "-f", "-"], Some(&installed.to_string()));
+    let upgrade = template_against_cluster("baton", &ns.name);
+    let kept = upgrade.iter().find(|d| d["kind"] == "Secret").unwrap();
+    assert_eq!(kept["data"], installed["data"], "the upgrade keeps the Secret's CA, certificate and key");
+    let vwc = upgrade.iter().find(|d| d["kind"] == "ValidatingWebhookConfiguration").unwrap();
+    for w in vwc["webhooks"].as_array().unwrap() {
+        assert_eq!(w["clientConfig"]["caBundle"], installed["data"]["ca.crt"]);
+    }
+    ns.done().await;
 }
 
 /// `kubectl apply --server-side --dry-run=server` of `yaml`; its warnings.
@@ -209,12 +362,29 @@ async fn renders_are_accepted_by_the_api_server_and_agree() {
     let samples = kubectl(&["kustomize", &root().join("config/samples").to_string_lossy()], None);
     kubectl(&["-n", &ns.name, "apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&samples));
 
-    // config/ renders the chart's default objects: same kinds and names,
-    // same content once labels (Helm's and kustomize's own) are set aside.
-    // CRDs: only present in both; tests/chart_in_sync.rs compares their bytes.
+    // The cert-manager variant, without cert-manager's own kinds (its CRDs
+    // are not installed here).
+    let certmanager = kubectl(&["kustomize", &root().join("config/certmanager").to_string_lossy()], None);
+    let cert_manager_kinds = |d: &Value| d["apiVersion"].as_str().is_some_and(|v| v.starts_with("cert-manager.io/"));
+    let without: Vec<String> =
+        documents(&certmanager).into_iter().filter(|d| !cert_manager_kinds(d)).map(|d| serde_yaml::to_string(&d).unwrap()).collect();
+    dry_run(&without.join("---\n"));
+
+    // config/ renders the chart's objects: config/default the chart
+    // without its webhook, config/certmanager the chart's defaults, with
+    // the same kinds and names and the same content once labels (Helm's
+    // and kustomize's own) and the certificate (made by the chart, or by
+    // cert-manager) are set aside. CRDs: only present in both;
+    // tests/chart_in_sync.rs compares their bytes.
     let strip = |mut v: Value| {
-        if v["kind"] == "CustomResourceDefinition" {
+        if v["kind"] == "CustomResourceDefinition" || v["kind"] == "Secret" || cert_manager_kinds(&v) {
             return Value::Null;
+        }
+        if let Some(webhooks) = v["webhooks"].as_array_mut() {
+            for w in webhooks {
+                w["clientConfig"].as_object_mut().unwrap().remove("caBundle");
+            }
+            v["metadata"].as_object_mut().unwrap().remove("annotations");
         }
         for path in [&["metadata"][..], &["spec", "template", "metadata"][..]] {
             let mut at = &mut v;
@@ -228,13 +398,26 @@ async fn renders_are_accepted_by_the_api_server_and_agree() {
         v
     };
     let by_name = |yaml: &str| -> BTreeMap<(String, String), Value> {
-        documents(yaml).into_iter().filter(|d| d["kind"] != "Namespace").map(|d| (kind_name(&d), strip(d))).collect()
+        documents(yaml)
+            .into_iter()
+            .filter(|d| d["kind"] != "Namespace")
+            .map(|d| (kind_name(&d), strip(d)))
+            .filter(|(_, d)| !d.is_null())
+            .collect()
     };
-    let (chart, kustomized) = (by_name(&template("baton", "baton-system", &["crds"]).unwrap()), by_name(&kustomized));
-    assert_eq!(chart.keys().collect::<Vec<_>>(), kustomized.keys().collect::<Vec<_>>(), "chart and config/default render other objects");
-    for (key, from_chart) in &chart {
-        let from_kustomize = &kustomized[key];
-        assert!(from_chart == from_kustomize, "{key:?} differs:\nchart: {from_chart}\nconfig/default: {from_kustomize}");
+    for (values, base, kustomized) in
+        [(&["crds", "webhook.enabled=false"][..], "config/default", &kustomized), (&["crds"][..], "config/certmanager", &certmanager)]
+    {
+        let (chart, kustomized) = (by_name(&template("baton", "baton-system", values).unwrap()), by_name(kustomized));
+        assert_eq!(
+            chart.keys().collect::<Vec<_>>(),
+            kustomized.keys().collect::<Vec<_>>(),
+            "chart ({values:?}) and {base} render other objects"
+        );
+        for (key, from_chart) in &chart {
+            let from_kustomize = &kustomized[key];
+            assert!(from_chart == from_kustomize, "{key:?} differs:\nchart ({values:?}): {from_chart}\n{base}: {from_kustomize}");
+        }
     }
     ns.done().await;
 }
@@ -263,7 +446,10 @@ struct Controller {
 }
 
 impl Controller {
+    /// Starts the controller, serving the admission webhook on a free port
+    /// with the local control plane's webhook certificate.
     fn start(kubeconfig: &Path, namespace: &str, identity: &str) -> Controller {
+        let cert_dir = state_dir().join("pki/webhook");
         let args = [
             "--identity",
             identity,
@@ -277,6 +463,10 @@ impl Controller {
             "500ms",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--webhook-cert-dir",
+            &cert_dir.to_string_lossy(),
         ];
         let log = state_dir().join(format!("logs/controller-{namespace}-{identity}.log"));
         let mut c = Controller { child: None, args: args.iter().map(|s| s.to_string()).collect(), kubeconfig: kubeconfig.into(), log };
@@ -290,12 +480,36 @@ impl Controller {
             Command::new(env!("CARGO_BIN_EXE_baton-controller"))
                 .env("KUBECONFIG", &self.kubeconfig)
                 .env("RUST_LOG", "info,baton=debug,kube=warn")
+                .env("NO_COLOR", "1")
                 .args(&self.args)
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
                 .expect("start baton-controller"),
         );
+    }
+
+    /// The webhook's port, from the log; later starts keep it (the
+    /// webhook configuration names it).
+    async fn webhook_port(&mut self) -> u16 {
+        let port = wait_for("the controller to serve its webhook", Duration::from_secs(30), || async {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let line = log.lines().find(|l| l.contains("serving the admission webhook")).ok_or("not yet")?;
+            let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).ok_or(line.to_string())?;
+            addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).ok_or(line.to_string())
+        })
+        .await;
+        let at = self.args.iter().position(|a| a == "--webhook-addr").unwrap() + 1;
+        self.args[at] = format!("127.0.0.1:{port}");
+        port
+    }
+
+    /// One series of its metrics (since its last start).
+    fn metric(&self, series: &str) -> f64 {
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        let line = log.lines().rfind(|l| l.contains("serving /metrics")).expect("the metrics server's address in the log");
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).unwrap();
+        metric(addr.parse().unwrap(), series)
     }
 
     fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) {
@@ -376,7 +590,12 @@ async fn chart_rbac_is_enough_to_run_workflows_and_no_more() {
     let release = ns.name.clone();
     let rendered = template(&release, &ns.name, &[&format!("controller.watchNamespace={}", ns.name)]).unwrap();
     let docs = documents(&rendered);
-    kubectl(&["apply", "--server-side", "-f", "-"], Some(&rendered));
+    // The chart's webhook judges this namespace, and the local control
+    // plane's webhook leaves it alone (e2e/cluster, register_webhook).
+    ns.kubectl(&["label", "namespace", &ns.name, "e2e.baton.dev/webhook=chart"], None);
+    let (webhook, rest): (Vec<Value>, Vec<Value>) = docs.iter().cloned().partition(|d| d["kind"] == "ValidatingWebhookConfiguration");
+    let rest: Vec<String> = rest.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect();
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&rest.join("---\n")));
     let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").map(kind_name).unwrap().1;
     let user = format!("system:serviceaccount:{}:{sa}", ns.name);
     let mut grants: BTreeSet<_> = BTreeSet::new();
@@ -389,6 +608,19 @@ async fn chart_rbac_is_enough_to_run_workflows_and_no_more() {
     token_kubeconfig(&kc, token.trim());
     let mut controller = Controller::start(&kc, &ns.name, "install-a");
 
+    // The API server cannot reach the chart's Service here, so the webhook
+    // configuration calls the controller process directly, on 127.0.0.1
+    // with the local control plane's CA; everything else is the chart's.
+    let mut webhook = webhook.into_iter().next().expect("the chart's webhook configuration");
+    let port = controller.webhook_port().await;
+    let ca = std::fs::read(state_dir().join("pki/ca.crt")).unwrap();
+    let ca = run(Command::new("base64").arg("-w0"), Some(std::str::from_utf8(&ca).unwrap())).unwrap();
+    for w in webhook["webhooks"].as_array_mut().unwrap() {
+        assert_eq!(w["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], ns.name.as_str());
+        w["clientConfig"] = serde_json::json!({"url": format!("https://127.0.0.1:{port}/validate"), "caBundle": ca});
+    }
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&webhook.to_string()));
+
     // The samples run to the end with nothing but the chart's permissions.
     let samples = kubectl(&["kustomize", &root().join("config/samples").to_string_lossy()], None);
     ns.apply(&samples);
@@ -397,6 +629,13 @@ async fn chart_rbac_is_enough_to_run_workflows_and_no_more() {
         let done = wait_phase(&ns, run, |p| matches!(p, RunPhase::Succeeded | RunPhase::Failed)).await;
         assert_eq!(done.status.unwrap().phase, Some(RunPhase::Succeeded), "run {run}");
     }
+
+    // The chart's webhook judged every pod and child run, through this
+    // controller (the only one serving it) and with the chart's RBAC.
+    let allowed = controller.metric("baton_admission_reviews_total{verdict=\"allowed\"}");
+    let created = ns.api::<Pod>().list(&Default::default()).await.unwrap().items.len();
+    assert!(allowed >= created as f64 && created > 0, "{allowed} admitted, {created} pods");
+    assert_eq!(controller.metric("baton_admission_reviews_total{verdict=\"denied\"}"), 0.0);
 
     // A crash and a restart under the same identity: the Lease is still there.
     controller.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
@@ -445,5 +684,6 @@ async fn chart_rbac_is_enough_to_run_workflows_and_no_more() {
     let elsewhere: BTreeSet<_> = records.iter().filter(|r| r.1 != ns.name).map(|r| (&r.0, &r.1)).collect();
     assert!(elsewhere.is_empty(), "requests outside the namespace: {elsewhere:?}");
     let _ = std::fs::remove_file(&kc);
+    kubectl(&["delete", "validatingwebhookconfiguration", webhook["metadata"]["name"].as_str().unwrap()], None);
     ns.done().await;
 }

@@ -11,3 +11,4 @@ mod install;
 mod rules;
 mod runs;
 mod schedule;
+mod webhook;

@@ -103,6 +103,57 @@ impl TestNs {
     }
 }
 
+/// The flags that make a controller serve the local control plane's
+/// admission webhook (registered by `e2e/cluster up`): the shared port it
+/// calls (`WEBHOOK_PORT` in ports.env) and the certificate in pki/webhook.
+pub fn webhook_flags() -> Vec<String> {
+    kubeconfig();
+    let ports = std::fs::read_to_string(state_dir().join("ports.env")).expect("read ports.env");
+    let port = ports.lines().find_map(|l| l.strip_prefix("WEBHOOK_PORT=")).filter(|p| !p.is_empty()).expect("WEBHOOK_PORT in ports.env");
+    let dir = state_dir().join("pki/webhook");
+    vec!["--webhook-addr".into(), format!("127.0.0.1:{port}"), "--webhook-cert-dir".into(), dir.to_string_lossy().into_owned()]
+}
+
+/// One plain HTTP/1.1 request to a controller's metrics server; the status
+/// code and the body.
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the metrics server");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (code, body)
+}
+
+/// The first line containing every one of `needles` in the logs of the
+/// controllers that tests started and that wrote in the last two minutes.
+/// The admission webhook's port is shared by every controller on this host,
+/// so any of them (of this test or another) may have judged a request.
+pub fn any_controller_log(needles: &[&str]) -> Option<String> {
+    let recent = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::read_dir(state_dir().join("logs"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("controller-"))
+        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t > recent))
+        .find_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            text.lines().find(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string)
+        })
+}
+
+/// The value of one series (`name{labels}` as printed) on the metrics
+/// server at `addr`; 0 when absent.
+pub fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let (code, body) = http(addr, "GET", "/metrics", "");
+    assert_eq!(code, 200, "GET /metrics on {addr}");
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
 /// Lease timing used by tests: short, so failover tests finish quickly.
 pub const LEASE_DURATION: Duration = Duration::from_secs(4);
 
@@ -113,6 +164,9 @@ pub struct ControllerProc {
     extra: Vec<String>,
     child: Option<Child>,
     pub log: PathBuf,
+    /// Length of the log when the process was last started: what it logs
+    /// since starts there.
+    log_start: u64,
 }
 
 impl ControllerProc {
@@ -123,6 +177,7 @@ impl ControllerProc {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             log: state_dir().join(format!("logs/controller-{namespace}-{identity}.log")),
+            log_start: 0,
         };
         p.spawn();
         p
@@ -130,15 +185,19 @@ impl ControllerProc {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open controller log");
+        self.log_start = log.metadata().expect("controller log").len();
+        let webhook = if self.extra.iter().any(|a| a == "--webhook-addr") { vec![] } else { webhook_flags() };
         let child = Command::new(env!("CARGO_BIN_EXE_baton-controller"))
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info,baton=debug,kube=warn")
+            .env("NO_COLOR", "1")
             .args(["--identity", &self.identity])
             .args(["--namespace", &self.namespace])
             .args(["--lease-namespace", &self.namespace])
             .args(self.default_flag("--lease-duration", &format!("{}s", LEASE_DURATION.as_secs())))
             .args(self.default_flag("--renew-interval", "500ms"))
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(webhook)
             .args(&self.extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -198,6 +257,36 @@ impl ControllerProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
+    }
+
+    /// What the process logged since it was last started.
+    pub fn log_since_start(&self) -> String {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(log.get(self.log_start as usize..).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until a line logged since the last start contains every one of
+    /// `needles`; returns that line.
+    pub async fn wait_log(&self, needles: &[&str], timeout: Duration) -> String {
+        wait_for(&format!("{:?} in the log of {}", needles, self.identity), timeout, || async {
+            let log = self.log_since_start();
+            log.lines().find(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string).ok_or_else(|| self.log.display().to_string())
+        })
+        .await
+    }
+
+    /// The address of its metrics server (`--metrics-addr 127.0.0.1:0`), from its log.
+    pub async fn metrics_addr(&self) -> std::net::SocketAddr {
+        let line = self.wait_log(&["serving /metrics"], Duration::from_secs(30)).await;
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).expect("addr= in the line");
+        addr.parse().unwrap_or_else(|e| panic!("metrics address {addr:?}: {e}"))
+    }
+
+    /// Configures failpoint `name` with `actions` (`pause`, `off`, ...):
+    /// `PUT /failpoints/<name>` (a build with `--features failpoints`).
+    pub async fn failpoint(&self, name: &str, actions: &str) {
+        let (code, body) = http(self.metrics_addr().await, "PUT", &format!("/failpoints/{name}"), actions);
+        assert_eq!(code, 200, "PUT /failpoints/{name} on {}: {body} (was the controller built with --features failpoints?)", self.identity);
     }
 
     /// Fails the test if the controller's log shows a panic.

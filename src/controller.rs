@@ -498,11 +498,17 @@ async fn carry_out(
     let invalid = |task: &str, message: String| Done::TaskFails(Failure { task: task.to_string(), reason: "TaskFailed", message });
     match action {
         Action::CreatePod { task, attempt } => match objects::pod(run, task_spec(task), *attempt, values, epoch) {
-            Ok(pod) => create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod).await,
+            Ok(pod) => {
+                crate::failpoint!("run-create-pod");
+                create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod).await
+            }
             Err(message) => Ok(invalid(task, message)),
         },
         Action::CreateChild { task, attempt } => match objects::child(run, task_spec(task), *attempt, values, epoch) {
-            Ok(child) => create(ctx, run, task, &Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns), &child).await,
+            Ok(child) => {
+                crate::failpoint!("run-create-child");
+                create(ctx, run, task, &Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns), &child).await
+            }
             Err(message) => Ok(invalid(task, message)),
         },
         Action::DeletePod { name } => {

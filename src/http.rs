@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz` and `/readyz`.
+//! `/metrics`, `/healthz` and `/readyz`; with the `failpoints` feature also
+//! `PUT /failpoints/<name>`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub async fn serve(
                 if membership.valid() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "lease not held") }
             }),
         );
+    #[cfg(feature = "failpoints")]
+    let app = app.route("/failpoints/{name}", axum::routing::put(crate::failpoints::configure));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     Ok((bound, async move { axum::serve(listener, app).await }))

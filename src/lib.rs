@@ -6,6 +6,8 @@ pub mod conditions;
 pub mod controller;
 pub mod crds;
 pub mod dag;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod fence;
 pub mod http;
 pub mod lease;
@@ -18,6 +20,19 @@ pub mod params;
 pub mod planner;
 pub mod schedule;
 pub mod scheduler;
+pub mod webhook;
+
+/// A failpoint named `$name` (the `fail` crate, as TiKV uses it):
+/// configured at run time through `PUT /failpoints/<name>` on the metrics
+/// server. Compiled in only with the `failpoints` feature; without it the
+/// macro expands to nothing.
+#[macro_export]
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        $crate::failpoints::hit($name);
+    };
+}
 
 /// Errors of the crate. Variants say whose fault it is, so metrics and
 /// events can tell user mistakes from API trouble.

@@ -22,6 +22,13 @@ pub struct ErrorLabel {
     pub kind: &'static str,
 }
 
+/// Verdict of an admission review: `allowed`, `denied`, or `error` (the run
+/// could not be read, so the create was refused for now).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Reason {
     Created,
@@ -61,6 +68,8 @@ pub struct Metrics {
     /// because it no longer held the run (or its own Lease).
     pub fenced_writes_refused: Counter,
     pub adopted: Counter,
+    /// Creates of pods and child runs judged by the admission webhook.
+    pub admission_reviews: Family<VerdictLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,6 +87,7 @@ impl Default for Metrics {
             releases: Counter::default(),
             fenced_writes_refused: Counter::default(),
             adopted: Counter::default(),
+            admission_reviews: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles of runs", m.reconciles.clone());
@@ -95,6 +105,11 @@ impl Default for Metrics {
             m.fenced_writes_refused.clone(),
         );
         registry.register("adopted", "Pods and child runs found existing at create (AlreadyExists) and adopted", m.adopted.clone());
+        registry.register(
+            "admission_reviews",
+            "Creates of pods and child runs judged by the admission webhook: allowed, denied (stale owner epoch, run gone or replaced), error (run not readable)",
+            m.admission_reviews.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

@@ -2,6 +2,7 @@
 //! it, runs them, and hands them over on shutdown.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use baton::controller::{self, Context};
 use baton::lease::{self, LeaseConfig};
 use baton::metrics::Metrics;
 use baton::scheduler;
+use baton::webhook::Webhook;
 
 #[derive(Parser, Debug)]
 #[command(name = "baton-controller", version, about = "Runs baton workflows; several controllers share the runs through Leases")]
@@ -36,6 +38,16 @@ struct Flags {
     /// Address of /metrics, /healthz and /readyz; port 0 picks a free port.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Address of the validating admission webhook (HTTPS, path /validate)
+    /// that refuses pods and child runs created by a controller that lost
+    /// the run. Several controllers on one host may share the port. Default:
+    /// no webhook.
+    #[arg(long, requires = "webhook_cert_dir")]
+    webhook_addr: Option<SocketAddr>,
+    /// Directory holding the webhook's tls.crt and tls.key (a kubernetes.io/tls
+    /// Secret mounted as a volume); read again when the files change.
+    #[arg(long)]
+    webhook_cert_dir: Option<PathBuf>,
     /// Watch only this namespace. Default: all namespaces.
     #[arg(long)]
     namespace: Option<String>,
@@ -90,6 +102,12 @@ async fn main() -> anyhow::Result<()> {
             error!(error = %e, "http server stopped");
         }
     });
+    if let (Some(addr), Some(dir)) = (flags.webhook_addr, flags.webhook_cert_dir.as_deref()) {
+        let webhook = Webhook { client: client.clone(), metrics: metrics.clone(), identity: identity.clone() };
+        let (addr, server) = baton::webhook::serve(addr, dir, webhook)?;
+        info!(controller = %identity, %addr, "serving the admission webhook on https://{addr}{}", baton::webhook::PATH);
+        tokio::spawn(server);
+    }
     let lease_handle = lease_task.spawn();
 
     let ctx = Arc::new(Context::new(client, membership.clone(), metrics));
