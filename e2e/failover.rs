@@ -277,3 +277,42 @@ async fn takeover_after_kill_is_bounded_by_the_lease() {
     assert!(took < limit * 2, "takeover took {took:?}");
     ns.done().await;
 }
+
+#[tokio::test]
+async fn a_quiet_lease_watch_never_makes_a_controller_take_its_live_peers_runs() {
+    let ns = TestNs::new("quiet-watch").await;
+    let c = [ns.controller("alpha"), ns.controller("beta")];
+    ns.apply(&workflow("slow", "", &[task("t", &[], "40s", 0, "")]));
+    let names: Vec<String> = (0..8).map(|i| format!("q{i}")).collect();
+    for name in &names {
+        ns.apply(&run(name, "slow", ""));
+    }
+    let api: Api<WorkflowInstance> = ns.api();
+    let owners = || async {
+        let mut owners = Vec::new();
+        for name in &names {
+            let r = api.get(name).await.unwrap();
+            owners.push((name.clone(), owner(&r)));
+        }
+        owners
+    };
+    let before = wait_for("every run to be owned", Duration::from_secs(30), || async {
+        let o = owners().await;
+        if o.iter().all(|(_, w)| w.is_some()) { Ok(o) } else { Err(format!("{o:?}")) }
+    })
+    .await;
+    assert!(before.iter().any(|(_, w)| w.as_ref().unwrap().0 == "beta"), "beta owns some runs: {before:?}");
+    // alpha's watch on the controller Leases goes quiet (as after an API
+    // server restart, while the watch backs off); its renewals go on.
+    c[0].failpoint("lease-watch", "pause").await;
+    c[0].wait_log(&["failpoint hit", "lease-watch"], Duration::from_secs(10)).await;
+    tokio::time::sleep(LEASE_DURATION * 3).await;
+    let during = owners().await;
+    c[0].failpoint("lease-watch", "off").await;
+    assert_eq!(before, during, "a controller whose watch went quiet took runs from a live peer");
+    for name in &names {
+        let history = api.get(name).await.unwrap().status.unwrap().owner_history;
+        assert!(history.iter().all(|h| h.reason != OwnerChangeReason::Failover), "{name}: {history:?}");
+    }
+    ns.done().await;
+}

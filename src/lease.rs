@@ -260,9 +260,18 @@ impl LeaseTask {
     }
 
     /// Renews and watches until [`Membership::shutdown`], then deletes our Lease.
+    /// The watch runs as a task of its own, so a stalled watch never holds
+    /// up a renewal.
     pub async fn run(self) {
         let LeaseTask { membership, api, lease, written_at } = self;
-        let (lease, ()) = tokio::join!(renew_loop(&api, &membership, lease, written_at), watch_loop(&api, &membership));
+        let watch = tokio::spawn({
+            let (api, membership) = (api.clone(), membership.clone());
+            async move { watch_loop(&api, &membership).await }
+        });
+        let lease = renew_loop(&api, &membership, lease, written_at).await;
+        if let Err(e) = watch.await {
+            warn!(controller = membership.identity(), error = %e, "lease watch task failed");
+        }
         release(&api, &membership, &lease).await;
     }
 }
@@ -311,6 +320,8 @@ async fn watch_loop(api: &Api<Lease>, membership: &Membership) {
     let mut events = watcher(api.clone(), watcher::Config::default().labels(&selector())).default_backoff().boxed();
     let mut relisted = HashSet::new();
     loop {
+        // Tests hold the watch here to make it go quiet.
+        crate::failpoint!("lease-watch");
         let wake = tokio::time::Instant::from_std(membership.next_wake(Instant::now()));
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
