@@ -11,6 +11,7 @@ use tracing::info;
 /// so that a test can wait for it, and runs its action with the runtime
 /// told that this thread blocks (a `pause` holds the thread until the
 /// failpoint is configured again, and the other tasks move elsewhere).
+/// Needs the multi-threaded runtime, which the controller runs on.
 pub fn hit(name: &str) {
     let Some((_, actions)) = fail::list().into_iter().find(|(n, a)| n == name && !a.is_empty() && a != "off") else {
         return;
