@@ -586,6 +586,13 @@ where
         Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
             refused("TaskFailed", format!("rejected by the API server: {}", s.message))
         }
+        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(crate::webhook::STALE_OWNER) => {
+            // Our own admission webhook: a newer owner holds the run. Not a
+            // problem of the run's, so no Event; this controller is fenced.
+            ctx.metrics.fenced_writes_refused.inc();
+            warn!(%kind, %name, message = %s.message, "create refused: no longer the owner");
+            Err(FenceError::Refused("the admission webhook refused a create of an older epoch").into())
+        }
         Err(kube::Error::Api(s)) if s.code == 403 => {
             // Quota or policy: may clear up, so the task waits and is retried,
             // but never silently.

@@ -105,12 +105,16 @@ pub fn judge(meta: &ObjectMeta, owner: &OwnerReference, run: Option<&WorkflowIns
     if epoch < current_epoch {
         let holder = current.map(|o| o.controller.as_str()).filter(|c| !c.is_empty()).unwrap_or("nobody (released)");
         return Verdict::Deny(format!(
-            "stale owner: created at owner epoch {epoch}, but run {} is at epoch {current_epoch} (owned by {holder})",
+            "{STALE_OWNER}: created at owner epoch {epoch}, but run {} is at epoch {current_epoch} (owned by {holder})",
             owner.name
         ));
     }
     Verdict::Allow
 }
+
+/// How a refusal for an older epoch starts; the controller that sent the
+/// create recognises it and knows it is fenced off.
+pub const STALE_OWNER: &str = "stale owner";
 
 /// What the review handler needs: a client for the direct GET of the run,
 /// the metrics, and this controller's identity for the log.
