@@ -180,18 +180,26 @@ async fn child_runs_that_would_share_a_name_are_refused_by_validation() {
     ns.done().await;
 }
 
-/// A ValidatingAdmissionPolicy that refuses every pod delete in the test's
-/// namespace: a stand-in for an API server that fails the cleanup call.
-fn block_pod_deletes(ns: &TestNs) -> String {
-    let name = format!("block-deletes-{}", ns.name);
-    format!(
+/// A ValidatingAdmissionPolicy (and its binding), both named
+/// `<prefix>-<namespace>`, that refuses every request matching `rule` in
+/// the test's namespace with `message`: a stand-in for an API server that
+/// refuses one kind of call.
+fn deny_policy(ns: &TestNs, prefix: &str, rule: &str, message: &str) -> (String, String) {
+    let name = format!("{prefix}-{}", ns.name);
+    let yaml = format!(
         "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {name}}}\nspec:\n\
-         \x20 failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - {{apiGroups: [\"\"], apiVersions: [v1], operations: [DELETE], resources: [pods]}}\n\
-         \x20 validations:\n  - {{expression: \"false\", message: \"pod deletes are blocked by the test\"}}\n---\n\
+         \x20 failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - {rule}\n\
+         \x20 validations:\n  - {{expression: \"false\", message: \"{message}\", reason: Forbidden}}\n---\n\
          apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {name}}}\nspec:\n\
          \x20 policyName: {name}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {}}}}}\n",
         ns.name
-    )
+    );
+    (name, yaml)
+}
+
+fn remove_policy(ns: &TestNs, name: &str) {
+    ns.kubectl(&["delete", "validatingadmissionpolicybinding", name], None);
+    ns.kubectl(&["delete", "validatingadmissionpolicy", name], None);
 }
 
 #[tokio::test]
@@ -205,8 +213,9 @@ async fn cleanup_of_a_stopped_run_is_retried_until_its_pods_are_gone_even_by_a_n
         pods.get_opt("c1-t-0").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or("not yet".to_string())
     })
     .await;
-    let policy = block_pod_deletes(&ns);
-    ns.apply(&policy);
+    let rule = "{apiGroups: [\"\"], apiVersions: [v1], operations: [DELETE], resources: [pods]}";
+    let (policy, yaml) = deny_policy(&ns, "block-deletes", rule, "pod deletes are blocked by the test");
+    ns.apply(&yaml);
     wait_for("the policy to refuse pod deletes", Duration::from_secs(30), || async {
         match pods.delete("c1-t-0", &DeleteParams { dry_run: true, ..Default::default() }).await {
             Err(kube::Error::Api(s)) if s.message.contains("blocked by the test") => Ok(()),
@@ -226,7 +235,7 @@ async fn cleanup_of_a_stopped_run_is_retried_until_its_pods_are_gone_even_by_a_n
     // (finished, not yet idle) run over and finishes the cleanup.
     let owner = stopped.status.unwrap().owner.unwrap().controller;
     c.iter_mut().find(|p| p.identity == owner).unwrap().kill();
-    ns.kubectl(&["delete", "validatingadmissionpolicybinding", &format!("block-deletes-{}", ns.name)], None);
+    ns.kubectl(&["delete", "validatingadmissionpolicybinding", &policy], None);
     wait_for("the pod of the stopped run to be deleted", Duration::from_secs(40), || async {
         match pods.get_opt("c1-t-0").await.map_err(|e| e.to_string())? {
             Some(p) if p.metadata.deletion_timestamp.is_none() => Err(format!("still running: {:?}", p.status.and_then(|s| s.phase))),
@@ -240,7 +249,7 @@ async fn cleanup_of_a_stopped_run_is_retried_until_its_pods_are_gone_even_by_a_n
     })
     .await;
     assert_ne!(done.status.unwrap().owner.unwrap().controller, owner);
-    ns.kubectl(&["delete", "validatingadmissionpolicy", &format!("block-deletes-{}", ns.name)], None);
+    ns.kubectl(&["delete", "validatingadmissionpolicy", &policy], None);
     ns.done().await;
 }
 
@@ -347,15 +356,9 @@ async fn runs_and_schedules_with_names_longer_than_a_label_value_work() {
 async fn a_tick_whose_run_the_api_server_refuses_is_visible_and_the_schedule_goes_on() {
     let ns = TestNs::new("tick-refused").await;
     let _c = ns.controller("alpha");
-    let policy = format!("refuse-ticks-{}", ns.name);
-    ns.apply(&format!(
-        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {policy}}}\nspec:\n\
-         \x20 failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - {{apiGroups: [baton.dev], apiVersions: [\"*\"], operations: [CREATE], resources: [workflowinstances]}}\n\
-         \x20 validations:\n  - {{expression: \"false\", message: \"runs are refused by the test\", reason: Forbidden}}\n---\n\
-         apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {policy}}}\nspec:\n\
-         \x20 policyName: {policy}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {}}}}}\n",
-        ns.name
-    ));
+    let rule = "{apiGroups: [baton.dev], apiVersions: [\"*\"], operations: [CREATE], resources: [workflowinstances]}";
+    let (policy, yaml) = deny_policy(&ns, "refuse-runs", rule, "runs are refused by the test");
+    ns.apply(&yaml);
     let settings = "  schedule: {cron: \"*/4 * * * * *\", startingDeadlineSeconds: 6}\n";
     ns.apply(&workflow("ticker", settings, &[task("t", &[], "1s", 0, "")]));
     wait_warning(&ns, "ticker", "CreateRefused").await;
@@ -367,8 +370,7 @@ async fn a_tick_whose_run_the_api_server_refuses_is_visible_and_the_schedule_goe
     })
     .await;
     assert!(cond.message.contains("runs are refused by the test"), "{}", cond.message);
-    ns.kubectl(&["delete", "validatingadmissionpolicybinding", &policy], None);
-    ns.kubectl(&["delete", "validatingadmissionpolicy", &policy], None);
+    remove_policy(&ns, &policy);
     // Once the API server accepts runs again, the ticks go on: none of them
     // later than its starting deadline.
     let api: Api<WorkflowInstance> = ns.api();
