@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use baton::api::WorkflowInstance;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use crate::journal::Journal;
@@ -61,6 +62,9 @@ impl Config {
 
 /// How long the runs get, after the faults stop, to finish.
 const DRAIN: Duration = Duration::from_secs(180);
+/// The drain ends early when no unfinished run changed for this long: a run
+/// that hangs is reported without waiting out [`DRAIN`].
+const QUIET: Duration = Duration::from_secs(45);
 
 /// The workflows of the mix: a wide DAG, a deep chain, one with two
 /// sub-workflows, and one whose middle task fails and is retried.
@@ -179,6 +183,7 @@ async fn main() {
     let drain_start = Instant::now();
     let pods_api: Api<Pod> = ns.api();
     let all = ListParams::default();
+    let mut last_move = (Vec::new(), Instant::now());
     let (pods, runs) = loop {
         let listed = futures::try_join!(pods_api.list(&all), runs_api.list(&all));
         if let Ok((pods, runs)) = listed {
@@ -188,7 +193,16 @@ async fn main() {
                 let phase = s.phase.unwrap_or_default();
                 caught_up && (phase.is_terminal() || (phase == baton::api::RunPhase::Paused && r.spec.suspend))
             };
-            if runs.items.iter().all(settled) || drain_start.elapsed() > DRAIN {
+            let moving: Vec<(String, String)> =
+                runs.items.iter().filter(|r| !settled(r)).map(|r| (r.name_any(), r.resource_version().unwrap_or_default())).collect();
+            if moving != last_move.0 {
+                last_move = (moving, Instant::now());
+            }
+            let quiet = last_move.1.elapsed() > QUIET;
+            if last_move.0.is_empty() || quiet || drain_start.elapsed() > DRAIN {
+                if quiet {
+                    println!("[chaos] drain: {} unfinished runs did not change for {QUIET:?}; checking now", last_move.0.len());
+                }
                 break (pods.items, runs.items);
             }
         }
