@@ -222,7 +222,7 @@ async fn main() {
         start + config.duration.mul_f64(0.6),
     ));
     let requesting = tokio::spawn(requests::make_requests(runs_api.clone(), journal.clone(), config.seed, end));
-    let moving = tokio::spawn(moves::make(runs_api.clone(), journal.clone(), config.seed, start, end));
+    let moving = tokio::spawn(moves::make(runs_api.clone(), ns.api(), journal.clone(), config.seed, start, end));
     let controllers = faults::inject(controllers, journal.clone(), config.seed, start, end).await;
     creating.await.unwrap();
     requesting.await.unwrap();

@@ -8,8 +8,9 @@
 use std::time::{Duration, Instant};
 
 use baton::api::{RunPhase, Workflow, WorkflowInstance, WorkflowInstanceSpec};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
@@ -41,8 +42,8 @@ impl Move {
 /// Workflows whose running runs may be deleted and created again.
 const RECREATED: [&str; 3] = ["wide", "chain", "nested"];
 
-/// How long a deleted run may take to go away before its re-create gives up.
-const GONE_WITHIN: Duration = Duration::from_secs(60);
+/// How long a re-create retries while the API server is not answering.
+const GIVE_UP: Duration = Duration::from_secs(60);
 /// How long a picked move waits for a run it fits before another is picked
 /// (a move of the first round waits until it is made).
 const FIT_WITHIN: Duration = Duration::from_secs(15);
@@ -52,7 +53,7 @@ fn log(start: Instant, what: String) {
 }
 
 /// Makes moves until `until`.
-pub async fn make(api: Api<WorkflowInstance>, journal: Shared, seed: u64, start: Instant, until: Instant) {
+pub async fn make(api: Api<WorkflowInstance>, pods: Api<Pod>, journal: Shared, seed: u64, start: Instant, until: Instant) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x3e7e);
     let mut first: Vec<Move> = Move::ALL.to_vec();
     first.shuffle(&mut rng);
@@ -61,6 +62,11 @@ pub async fn make(api: Api<WorkflowInstance>, journal: Shared, seed: u64, start:
     let mut picked: Option<(Move, Instant)> = None;
     tokio::time::sleep(Duration::from_secs(6)).await;
     while Instant::now() < until {
+        if journal.lock().unwrap().api_back_at.is_none() {
+            // The API server is down: a move now would only be refused.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         let kind = match picked {
             Some((kind, at)) if at.elapsed() < FIT_WITHIN => kind,
             _ => {
@@ -77,7 +83,7 @@ pub async fn make(api: Api<WorkflowInstance>, journal: Shared, seed: u64, start:
                 // there when the new run looks; later ones also let the
                 // garbage collector race the new run.
                 let orphan = recreates == 0 || rng.random_bool(0.5);
-                let done = recreate(&api, &journal, &mut rng, start, orphan).await;
+                let done = recreate(&api, &pods, &journal, &mut rng, start, orphan).await;
                 recreates += usize::from(done);
                 done
             }
@@ -173,7 +179,7 @@ pub async fn resume_children(api: &Api<WorkflowInstance>, journal: &Shared, star
 /// Deletes a running run (orphaning its pods and children, or leaving them
 /// to the garbage collector) and creates it again at once under the same
 /// name, with the same spec.
-async fn recreate(api: &Api<WorkflowInstance>, journal: &Shared, rng: &mut StdRng, start: Instant, orphan: bool) -> bool {
+async fn recreate(api: &Api<WorkflowInstance>, pods: &Api<Pod>, journal: &Shared, rng: &mut StdRng, start: Instant, orphan: bool) -> bool {
     let target = {
         let mut j = journal.lock().unwrap();
         let candidates: Vec<String> = j
@@ -200,7 +206,7 @@ async fn recreate(api: &Api<WorkflowInstance>, journal: &Shared, rng: &mut StdRn
         target
     };
     let Some(name) = target else { return false };
-    let done = delete_and_create(api, journal, &name, orphan, start).await;
+    let done = delete_and_create(api, pods, journal, &name, orphan, start).await;
     let mut j = journal.lock().unwrap();
     j.busy.remove(&name);
     if done {
@@ -210,47 +216,92 @@ async fn recreate(api: &Api<WorkflowInstance>, journal: &Shared, rng: &mut StdRn
     done
 }
 
-async fn delete_and_create(api: &Api<WorkflowInstance>, journal: &Shared, name: &str, orphan: bool, start: Instant) -> bool {
+/// Retries `call` while the API server is not answering (or answers 429 or
+/// 5xx), until `deadline`.
+async fn retried<T, F, Fut>(deadline: Instant, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let transient = |e: &kube::Error| match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        _ => true,
+    };
+    loop {
+        match call().await {
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What `kubectl delete --cascade=orphan` leaves once the garbage collector
+/// has done its part: the objects labelled `selector` that `uid` controls,
+/// without their ownerReferences. Done here rather than by the garbage
+/// collector, which after an API server outage can take minutes to act.
+async fn disown<K>(api: &Api<K>, selector: &str, uid: &str, deadline: Instant) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let labelled = ListParams::default().labels(selector);
+    let listed = retried(deadline, || api.list(&labelled)).await?;
+    let unowned = Patch::Merge(serde_json::json!({"metadata": {"ownerReferences": null}}));
+    let params = PatchParams::default();
+    for obj in listed.items.iter().filter(|o| o.owner_references().iter().any(|r| r.uid == uid)) {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        retried(deadline, || api.patch(&name, &params, &unowned)).await?;
+    }
+    Ok(())
+}
+
+async fn delete_and_create(
+    api: &Api<WorkflowInstance>,
+    pods: &Api<Pod>,
+    journal: &Shared,
+    name: &str,
+    orphan: bool,
+    start: Instant,
+) -> bool {
     let Ok(old) = api.get(name).await else { return false };
     let uid = old.uid().unwrap_or_default();
+    log(start, format!("delete run {name} ({}) and create it again", if orphan { "orphan its pods and children" } else { "background" }));
+    let deadline = Instant::now() + GIVE_UP;
+    if orphan {
+        let (own_pods, own_children) = (format!("baton.dev/instance={name}"), format!("baton.dev/parent={name}"));
+        let disowned = futures::try_join!(disown(pods, &own_pods, &uid, deadline), disown(api, &own_children, &uid, deadline));
+        if let Err(e) = disowned {
+            println!("[chaos] orphaning the pods and children of run {name} failed: {e}");
+            return false;
+        }
+    }
     let delete = DeleteParams {
-        propagation_policy: Some(if orphan { PropagationPolicy::Orphan } else { PropagationPolicy::Background }),
+        propagation_policy: Some(PropagationPolicy::Background),
         preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
         ..Default::default()
     };
-    log(start, format!("delete run {name} ({}) and create it again", if orphan { "orphan its pods" } else { "background" }));
-    let deadline = Instant::now() + GONE_WITHIN;
-    loop {
-        match api.delete(name, &delete).await {
-            // 404: gone already (an earlier try went through).
-            Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.code == 404 => break,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
-            Err(e) => {
-                println!("[chaos] delete of run {name} not made: {e}");
-                return false;
-            }
+    match retried(deadline, || api.delete(name, &delete)).await {
+        // 404: gone already (an earlier try went through).
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            println!("[chaos] delete of run {name} not made: {e}");
+            return false;
         }
+        Ok(_) => {}
     }
     let fresh = WorkflowInstance::new(
         name,
         WorkflowInstanceSpec { workflow_ref: old.spec.workflow_ref.clone(), params: old.spec.params.clone(), ..Default::default() },
     );
-    while Instant::now() < deadline {
-        match api.create(&PostParams::default(), &fresh).await {
-            Ok(_) => return true,
-            // The old run is still there (the garbage collector is
-            // orphaning its pods), or an earlier try of ours went through.
-            Err(kube::Error::Api(s)) if s.code == 409 => match api.get(name).await {
-                Ok(r) if r.uid().as_deref() != Some(uid.as_str()) => return true,
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
-            },
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
+    // A 409 means an earlier try of ours went through: the run has no
+    // finalizer, so the deleted one is gone when the delete returns.
+    let post = PostParams::default();
+    match retried(deadline, || api.create(&post, &fresh)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => journal.lock().unwrap().breaks.push(format!("suite: run {name} was deleted but not created again: {e}")),
     }
-    journal.lock().unwrap().breaks.push(format!(
-        "suite: run {name} (uid {uid}) was still there {GONE_WITHIN:?} after its delete; it was not created again (is the garbage collector running?)"
-    ));
     true
 }
 
