@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::api::{RunPhase, TaskPhase, WorkflowInstance};
+use baton::api::{OwnerChangeReason, RunPhase, TaskPhase, WorkflowInstance};
 use baton::schedule::Parsed;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -214,6 +215,42 @@ impl RunView {
     }
 }
 
+/// A run taken over from an owner whose Lease was judged expired.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    pub run: String,
+    pub from: String,
+    pub to: String,
+    /// `since` of the new owner: when it decided (whole seconds).
+    pub at: Timestamp,
+}
+
+/// One controller's Lease as the watch showed it, with the wall time of
+/// each first sight (so what was seen was written by then).
+#[derive(Debug, Clone, Default)]
+pub struct LeaseLog {
+    /// renewTime -> when first seen.
+    pub renewals: BTreeMap<Timestamp, Timestamp>,
+    /// When the Lease was seen deleted, or seen again with a new uid (the
+    /// controller shut down cleanly, deleting it, and started again).
+    pub ended: BTreeSet<Timestamp>,
+    uid: String,
+}
+
+impl LeaseLog {
+    fn saw(&mut self, lease: &Lease, deleted: bool) {
+        let now = Timestamp::now();
+        let uid = lease.uid().unwrap_or_default();
+        if deleted || (!self.uid.is_empty() && self.uid != uid) {
+            self.ended.insert(now);
+        }
+        self.uid = uid;
+        if let Some(renewed) = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()) {
+            self.renewals.entry(renewed.0).or_insert(now);
+        }
+    }
+}
+
 /// A run a schedule started, at first sight.
 #[derive(Debug, Clone)]
 pub struct Scheduled {
@@ -249,6 +286,11 @@ pub struct Journal {
     pub faults: BTreeMap<&'static str, u32>,
     pub moves: BTreeMap<Move, BTreeMap<String, u32>>,
     pub takeovers: Vec<(String, Duration)>,
+    /// Failovers seen in runs' ownerHistory, by (run uid, epoch).
+    pub failovers: BTreeMap<(String, i64), Failover>,
+    /// What the watch showed of each controller's Lease, by name (the
+    /// controller's identity).
+    pub leases: BTreeMap<String, LeaseLog>,
     pub watch_errors: u32,
     /// Invariant breaks found while running.
     pub breaks: Vec<String>,
@@ -354,8 +396,20 @@ impl Journal {
         {
             self.scheduled.insert(uid.clone(), Scheduled { workflow: view.workflow.clone(), name: name.clone(), uid: uid.clone(), tick });
         }
-        // Owner history must be one change per epoch, going up.
+        // Owner history must be one change per epoch, going up. Failovers
+        // are kept to compare with the Leases at the end.
         if let Some(status) = &run.status {
+            for pair in status.owner_history.windows(2).filter(|w| w[1].epoch == w[0].epoch + 1) {
+                let (from, to) = (&pair[0], &pair[1]);
+                if to.reason == OwnerChangeReason::Failover && from.controller != to.controller {
+                    self.failovers.entry((uid.clone(), to.epoch)).or_insert_with(|| Failover {
+                        run: name.clone(),
+                        from: from.controller.clone(),
+                        to: to.controller.clone(),
+                        at: to.since.0,
+                    });
+                }
+            }
             let epochs: Vec<i64> = status.owner_history.iter().map(|h| h.epoch).collect();
             if epochs.windows(2).any(|w| w[1] <= w[0]) {
                 self.breaks.push(format!("invariant 3: run {name}: ownerHistory epochs do not go up: {epochs:?}"));
@@ -540,10 +594,26 @@ impl Journal {
     }
 }
 
-/// Watches pods and runs of the namespace until the process ends, feeding
-/// the journal. A watch that breaks (API server restart) re-lists; the
-/// re-listed objects are matched by uid, so nothing counts twice.
+/// Watches pods, runs and controller Leases of the namespace until the
+/// process ends, feeding the journal. A watch that breaks (API server
+/// restart) re-lists; the re-listed objects are matched by uid, so nothing
+/// counts twice.
 pub fn spawn_watches(client: kube::Client, namespace: &str, journal: Shared) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let j = journal.clone();
+    tokio::spawn(async move {
+        let mut stream = watcher(leases, watcher::Config::default().labels("baton.dev/controller=true")).default_backoff().boxed();
+        while let Some(event) = stream.next().await {
+            let mut j = j.lock().unwrap();
+            // A controller's Lease is named after its identity.
+            match event {
+                Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => j.leases.entry(l.name_any()).or_default().saw(&l, false),
+                Ok(watcher::Event::Delete(l)) => j.leases.entry(l.name_any()).or_default().saw(&l, true),
+                Ok(_) => {}
+                Err(_) => j.watch_errors += 1,
+            }
+        }
+    });
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let runs: Api<WorkflowInstance> = Api::namespaced(client, namespace);
     let j = journal.clone();

@@ -5,13 +5,16 @@
 //! 2. Nothing lost: every run ends (or stays paused because the suite said
 //!    so), and a run nobody steered ends as its workflow must.
 //! 3. Ownership: an unfinished run has a live owner within [`SETTLE`] of a
-//!    fault; status never goes backwards (no stale write accepted).
+//!    fault; status never goes backwards (no stale write accepted); no run
+//!    is taken over (Failover) from a controller that renewed its Lease
+//!    less than a lease duration before.
 //! 4. Every request shows its effect.
 //! 5. Intent before side effect: every object made is recorded in its run's
 //!    status; no controller panics.
 //! 6. A request is never undone (checked while running, in `journal`).
 //! 7. Every scheduled tick ends as exactly one run that its own tick did not
-//!    stop; with Forbid no two runs overlap; with Replace no tick is lost.
+//!    stop (checked while running, in `journal`); with Forbid no two runs
+//!    overlap; with Replace no tick is lost.
 //! 8. Identity: a task is done only by its own run's pod or child run (the
 //!    one whose controller ownerReference carries the run's uid), never by
 //!    a predecessor's of the same name or a colliding run's.
@@ -19,15 +22,17 @@
 //! [`SETTLE`]: crate::journal::SETTLE
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::time::Duration;
 
 use baton::api::{RunPhase, TaskPhase, Workflow, WorkflowInstance};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::faults::Fault;
-use crate::journal::{Journal, Made};
+use crate::journal::{Journal, LeaseLog, Made};
 use crate::moves::Move;
-use crate::support::ControllerProc;
+use crate::support::{ControllerProc, LEASE_DURATION};
 use crate::{COLLIDE_A, COLLIDE_B, Config, FAMILY, SCHEDULED};
 
 /// (run uid, task, attempt): what may be made at most once.
@@ -37,7 +42,7 @@ type Key = (String, String, String);
 const INVARIANTS: [(&str, &str); 8] = [
     ("1", "at most once (pods, children, attempts)"),
     ("2", "nothing lost (every run ends)"),
-    ("3", "ownership (takeover, no stale write)"),
+    ("3", "ownership (takeover, stale write, live judged dead)"),
     ("4", "requests applied"),
     ("5", "intent before side effect, no panic"),
     ("6", "requests never undone"),
@@ -141,6 +146,65 @@ fn ticks(j: &Journal, final_runs: &[WorkflowInstance], workflows: &[Workflow], b
         }
     }
     summary
+}
+
+/// A Failover made although the old owner's Lease had been renewed.
+struct Missed<'a> {
+    at: Timestamp,
+    run: &'a str,
+    renewed: Timestamp,
+    written: Timestamp,
+}
+
+/// Invariant 3's "a live controller is never judged dead": a peer may take
+/// a run over (Failover) only when it has seen no change of the owner's
+/// Lease for a lease duration, or saw the Lease deleted (a clean shutdown).
+/// `since` is stamped at the decision, in whole seconds: the decision was
+/// made in [at, at + 1 s), so the peer's clock ran from a change it saw
+/// before `at + 1 s - lease`. A renewal stamped after that and written (seen
+/// by the suite's watch) two seconds before `at` is one the peer failed to
+/// see for two seconds or more: not a lagging watch but a blind one. Unless
+/// the Lease was seen deleted (or re-created) after that renewal and up to
+/// five seconds after the claim, in case the suite's watch saw it late.
+/// One break per (new owner, old owner), naming the runs. Returns how many
+/// failovers there were.
+fn failovers(j: &Journal, breaks: &mut Vec<String>) -> usize {
+    let none = LeaseLog::default();
+    // (new owner, old owner) -> the claims and the renewal each missed.
+    let mut judged: BTreeMap<(&str, &str), Vec<Missed>> = BTreeMap::new();
+    let blind = SignedDuration::from_secs(2);
+    let lease = SignedDuration::try_from(LEASE_DURATION).expect("a short lease");
+    for f in j.failovers.values() {
+        let (Ok(after), Ok(seen_by), Ok(ended_by)) = (
+            f.at.checked_add(SignedDuration::from_secs(1) - lease),
+            f.at.checked_sub(blind),
+            f.at.checked_add(SignedDuration::from_secs(5)),
+        ) else {
+            continue;
+        };
+        let log = j.leases.get(&f.from).unwrap_or(&none);
+        let renewed = log
+            .renewals
+            .range((Excluded(after), Unbounded))
+            .find(|(r, seen)| **seen <= seen_by && log.ended.range((Excluded(**r), Included(ended_by))).next().is_none());
+        if let Some((r, seen)) = renewed {
+            judged.entry((&f.to, &f.from)).or_default().push(Missed { at: f.at, run: &f.run, renewed: *r, written: *seen });
+        }
+    }
+    for ((to, from), mut claims) in judged {
+        claims.sort_by_key(|c| (c.at, c.run));
+        let first = &claims[0];
+        breaks.push(format!(
+            "invariant 3: {to} took {} runs over from {from} (Failover) while {from} was renewing its Lease and had not deleted it: a live controller was judged dead. First: {} at {}, although {from} renewed at {} (written by {}), less than the lease duration ({LEASE_DURATION:?}) before; all: {}",
+            claims.len(),
+            first.run,
+            first.at,
+            first.renewed,
+            first.written,
+            claims.iter().map(|c| format!("{} at {}", c.run, c.at)).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    j.failovers.len()
 }
 
 /// Invariant 8: every task that a pod or child run finished was finished by
@@ -345,7 +409,8 @@ pub fn check(
         fenced += log.lines().filter(|l| l.contains("write fenced off")).count();
     }
 
-    // 7 and 8.
+    // 3, 7 and 8.
+    let failovers = failovers(j, &mut breaks);
     let schedules = ticks(j, final_runs, workflows, &mut breaks);
     let foreign = identity(j, final_runs, &mut breaks);
 
@@ -408,6 +473,7 @@ pub fn check(
         longest_takeover.map_or("-".into(), |(run, d)| format!("{} ({run}; {} takeovers timed)", secs(*d), j.takeovers.len())),
     );
     row("longest request -> effect", longest_request.map_or("-".into(), |(d, what)| format!("{} ({what})", secs(d))));
+    row("failovers (ownerHistory)", failovers.to_string());
     row("fenced-off writes refused", format!("{fenced} (controller logs)"));
     row("controller panics", panics.to_string());
     row("watch re-connects", j.watch_errors.to_string());
