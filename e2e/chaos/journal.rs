@@ -19,6 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
+use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -594,6 +595,24 @@ impl Journal {
     }
 }
 
+/// How the suite's watches retry: every half second, so that they see the
+/// cluster again as soon as the API server is back (kube's default backoff
+/// grows to 30 s and is reset only after two quiet minutes, which left a
+/// watch blind for a minute after two API server restarts).
+struct EveryHalfSecond;
+
+impl Iterator for EveryHalfSecond {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::from_millis(500))
+    }
+}
+
+impl Backoff for EveryHalfSecond {
+    fn reset(&mut self) {}
+}
+
 /// Watches pods, runs and controller Leases of the namespace until the
 /// process ends, feeding the journal. A watch that breaks (API server
 /// restart) re-lists; the re-listed objects are matched by uid, so nothing
@@ -602,7 +621,7 @@ pub fn spawn_watches(client: kube::Client, namespace: &str, journal: Shared) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let j = journal.clone();
     tokio::spawn(async move {
-        let mut stream = watcher(leases, watcher::Config::default().labels("baton.dev/controller=true")).default_backoff().boxed();
+        let mut stream = watcher(leases, watcher::Config::default().labels("baton.dev/controller=true")).backoff(EveryHalfSecond).boxed();
         while let Some(event) = stream.next().await {
             let mut j = j.lock().unwrap();
             // A controller's Lease is named after its identity.
@@ -618,7 +637,7 @@ pub fn spawn_watches(client: kube::Client, namespace: &str, journal: Shared) {
     let runs: Api<WorkflowInstance> = Api::namespaced(client, namespace);
     let j = journal.clone();
     tokio::spawn(async move {
-        let mut stream = watcher(pods, watcher::Config::default().labels("baton.dev/instance")).default_backoff().boxed();
+        let mut stream = watcher(pods, watcher::Config::default().labels("baton.dev/instance")).backoff(EveryHalfSecond).boxed();
         while let Some(event) = stream.next().await {
             let mut j = j.lock().unwrap();
             match event {
@@ -629,7 +648,7 @@ pub fn spawn_watches(client: kube::Client, namespace: &str, journal: Shared) {
         }
     });
     tokio::spawn(async move {
-        let mut stream = watcher(runs, watcher::Config::default()).default_backoff().boxed();
+        let mut stream = watcher(runs, watcher::Config::default()).backoff(EveryHalfSecond).boxed();
         while let Some(event) = stream.next().await {
             let mut j = journal.lock().unwrap();
             let now = Instant::now();

@@ -353,7 +353,7 @@ pub fn check(
                 ));
             } else if free && t.attempts != exact {
                 breaks.push(format!(
-                    "invariant 1: run {name} task {} ran {} attempts, expected {exact}: nobody stopped, paused or re-created the run",
+                    "invariant 1: run {name} task {} ran {} attempts, expected {exact}: the suite did not stop, pause or re-create the run and its spec asks for nothing",
                     t.name, t.attempts
                 ));
             }
@@ -361,7 +361,7 @@ pub fn check(
         let want = if flaky { RunPhase::Failed } else { RunPhase::Succeeded };
         if free && status.phase != Some(want) {
             breaks.push(format!(
-                "invariant 2: run {name} of workflow {workflow} ended {:?}, expected {want:?} (nobody stopped it); tasks: {:?}",
+                "invariant 2: run {name} of workflow {workflow} ended {:?}, expected {want:?}: the suite did not stop it and its spec asks for no stop; tasks: {:?}",
                 status.phase,
                 status.tasks.iter().map(|t| (&t.name, t.phase, t.attempts, &t.message)).collect::<Vec<_>>()
             ));
