@@ -229,7 +229,7 @@ async fn main() {
     moving.await.unwrap();
     let workflows_api: Api<Workflow> = ns.api();
     let scheduled: Vec<String> = SCHEDULED.iter().map(|(n, _)| n.to_string()).collect();
-    moves::suspend_schedules(&workflows_api, &scheduled).await;
+    moves::suspend_schedules(&workflows_api, &journal, &scheduled).await;
     moves::resume_children(&runs_api, &journal, start).await;
     let faults_done = start.elapsed();
     println!(

@@ -42,7 +42,7 @@ impl Move {
 /// Workflows whose running runs may be deleted and created again.
 const RECREATED: [&str; 3] = ["wide", "chain", "nested"];
 
-/// How long a re-create retries while the API server is not answering.
+/// How long a move retries while the API server is not answering.
 const GIVE_UP: Duration = Duration::from_secs(60);
 /// How long a picked move waits for a run it fits before another is picked
 /// (a move of the first round waits until it is made).
@@ -323,11 +323,13 @@ async fn collide(api: &Api<WorkflowInstance>, journal: &Shared, rng: &mut StdRng
 
 /// Suspends the schedules, so that the drain can end. Retries while the
 /// API server is not answering.
-pub async fn suspend_schedules(api: &Api<Workflow>, names: &[String]) {
-    let patch = serde_json::json!({"spec": {"schedule": {"suspend": true}}});
+pub async fn suspend_schedules(api: &Api<Workflow>, journal: &Shared, names: &[String]) {
+    let patch = Patch::Merge(serde_json::json!({"spec": {"schedule": {"suspend": true}}}));
+    let params = PatchParams::default();
+    let deadline = Instant::now() + GIVE_UP;
     for name in names {
-        while api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Err(e) = retried(deadline, || api.patch(name, &params, &patch)).await {
+            journal.lock().unwrap().breaks.push(format!("suite: schedule {name} could not be suspended: {e}"));
         }
     }
 }
