@@ -34,10 +34,11 @@ demo:
 demo-down:
 	e2e/demo down
 
-## Failover chaos suite (e2e/chaos/): faults and requests for CHAOS_DURATION
-## (default 5m), then the invariants and a summary table. CHAOS_SEED replays.
+## Failover chaos suite (e2e/chaos/): faults, requests and moves for
+## CHAOS_DURATION (default 10m), then the invariants and a summary table.
+## CHAOS_SEED replays.
 chaos: cluster-up
-	CHAOS_DURATION=$${CHAOS_DURATION:-5m} $(CARGO) test $(TEST_FEATURES) --test chaos
+	CHAOS_DURATION=$${CHAOS_DURATION:-10m} $(CARGO) test $(TEST_FEATURES) --test chaos
 
 cluster-up:
 	e2e/cluster up >/dev/null

@@ -9,8 +9,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
 use crate::journal::Shared;
-use crate::support::{ControllerProc, LEASE_DURATION};
+use crate::support::{ControllerProc, LEASE_DURATION, state_dir};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -18,10 +21,11 @@ pub enum Fault {
     Freeze,
     Term,
     ApiRestart,
+    ApiOutage,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [Fault::Kill, Fault::Freeze, Fault::Term, Fault::ApiRestart];
+    pub const ALL: [Fault; 5] = [Fault::Kill, Fault::Freeze, Fault::Term, Fault::ApiRestart, Fault::ApiOutage];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -29,6 +33,7 @@ impl Fault {
             Fault::Freeze => "SIGSTOP past lease + SIGCONT",
             Fault::Term => "SIGTERM + restart",
             Fault::ApiRestart => "kube-apiserver restart",
+            Fault::ApiOutage => "kube-apiserver down past lease",
         }
     }
 }
@@ -53,16 +58,21 @@ pub async fn inject(
     let mut next = first.into_iter();
     tokio::time::sleep(Duration::from_secs(8)).await;
     loop {
-        let pause = Duration::from_millis(rng.random_range(3_000..9_000));
-        if Instant::now() + pause + Duration::from_secs(10) > until {
+        // Until every kind has happened once: shorter pauses, and no room
+        // kept before the end, so that a short run has them all.
+        let first_round = !next.as_slice().is_empty();
+        let pause = Duration::from_millis(if first_round { rng.random_range(2_000..5_000) } else { rng.random_range(3_000..9_000) });
+        let room = if first_round { Duration::ZERO } else { Duration::from_secs(10) };
+        if Instant::now() + pause + room > until {
             break;
         }
         tokio::time::sleep(pause).await;
-        let fault = next.next().unwrap_or_else(|| match rng.random_range(0..9) {
+        let fault = next.next().unwrap_or_else(|| match rng.random_range(0..10) {
             0..3 => Fault::Kill,
             3..6 => Fault::Freeze,
             6..8 => Fault::Term,
-            _ => Fault::ApiRestart,
+            8 => Fault::ApiRestart,
+            _ => Fault::ApiOutage,
         });
         let victim = rng.random_range(0..controllers.len());
         *journal.lock().unwrap().faults.entry(fault.label()).or_default() += 1;
@@ -105,7 +115,22 @@ pub async fn inject(
                 journal.lock().unwrap().api_up(Instant::now());
                 log(start, format!("kube-apiserver back ({})", if ok { "healthy" } else { "FAILED" }));
                 if !ok {
-                    journal.lock().unwrap().breaks.push("e2e/cluster restart kube-apiserver failed".into());
+                    journal.lock().unwrap().breaks.push("suite: e2e/cluster restart kube-apiserver failed".into());
+                }
+            }
+            Fault::ApiOutage => {
+                let down = LEASE_DURATION + Duration::from_millis(rng.random_range(1_000..4_000));
+                log(start, format!("stop kube-apiserver for {down:?} (the lease is {LEASE_DURATION:?})"));
+                journal.lock().unwrap().api_down();
+                let ok = tokio::task::block_in_place(|| apiserver_outage(down));
+                journal.lock().unwrap().api_up(Instant::now());
+                log(start, format!("kube-apiserver back ({})", if ok { "healthy" } else { "FAILED" }));
+                if !ok {
+                    journal
+                        .lock()
+                        .unwrap()
+                        .breaks
+                        .push("suite: stopping kube-apiserver or starting it again (e2e/cluster up) failed".into());
                 }
             }
         }
@@ -113,11 +138,38 @@ pub async fn inject(
     controllers
 }
 
-fn restart_apiserver() -> bool {
+fn cluster(args: &[&str]) -> bool {
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/cluster"))
-        .args(["restart", "kube-apiserver"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+fn restart_apiserver() -> bool {
+    cluster(&["restart", "kube-apiserver"])
+}
+
+/// Stops the API server as `e2e/cluster restart` does (SIGTERM, SIGKILL
+/// after 3 s), keeps it down for `down`, then `e2e/cluster up` starts it
+/// again on the same port with the same data.
+fn apiserver_outage(down: Duration) -> bool {
+    let pid_file = state_dir().join("pids/kube-apiserver.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) else { return false };
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let pid = Pid::from_raw(pid);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while proc_dir.exists() {
+        if Instant::now() > deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(down);
+    cluster(&["up"])
 }

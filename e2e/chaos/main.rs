@@ -1,11 +1,14 @@
-//! The failover chaos suite (issue 7): three real controllers run a mix of
-//! workflows while a seeded random generator kills, freezes and stops
-//! them, restarts the API server and patches runs; a watch records every
+//! The failover chaos suite (issues 7 and 11): three real controllers run a
+//! mix of workflows while a seeded random generator kills, freezes and
+//! stops them, restarts the API server or keeps it down past the lease, and
+//! plays the user: patches runs and child runs, deletes runs and creates
+//! them again under the same name, starts runs whose pod names collide,
+//! while two fast schedules (Replace, Forbid) tick. A watch records every
 //! pod and run, and at the end the invariants are checked and a summary
 //! table printed. Exits non-zero, naming the runs and objects, when an
 //! invariant breaks.
 //!
-//!   CHAOS_DURATION  how long faults and requests go on (default 90s; `make chaos`: 5m)
+//!   CHAOS_DURATION  how long faults, requests and moves go on (default 90s; `make chaos`: 10m)
 //!   CHAOS_SEED      replay a run: the seed it printed
 //!   CHAOS_RUNS      top-level runs to start (default: one per 3s of duration, at least 20)
 //!
@@ -22,13 +25,16 @@ mod runs;
 
 mod faults;
 mod journal;
+mod moves;
 mod report;
 mod requests;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use baton::api::WorkflowInstance;
+use baton::api::{Workflow, WorkflowInstance};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use crate::journal::Journal;
@@ -61,9 +67,25 @@ impl Config {
 
 /// How long the runs get, after the faults stop, to finish.
 const DRAIN: Duration = Duration::from_secs(180);
+/// The drain ends early when no unfinished run changed for this long: a run
+/// that hangs is reported without waiting out [`DRAIN`].
+const QUIET: Duration = Duration::from_secs(45);
 
-/// The workflows of the mix: a wide DAG, a deep chain, one with two
-/// sub-workflows, and one whose middle task fails and is retried.
+/// A run with one sub-workflow task whose child gets the suite's requests.
+pub const FAMILY: &str = "family";
+/// Run `x<n>` of `coll-a` (task `web-test`) and run `x<n>-web` of `coll-b`
+/// (task `test`) both want pod `x<n>-web-test-0`.
+pub const COLLIDE_A: &str = "coll-a";
+pub const COLLIDE_B: &str = "coll-b";
+/// The scheduled workflows: every 5 s, two 2 s tasks in a row, so a tick
+/// often comes while the previous run still goes.
+pub const SCHEDULED: [(&str, &str); 2] = [("replace", "Replace"), ("forbid", "Forbid")];
+const CRON: &str = "*/5 * * * * *";
+
+/// The workflows: a wide DAG, a deep chain, one with two sub-workflows, one
+/// whose middle task fails and is retried, a family whose child is slow
+/// enough to take requests, two whose pod names collide, and the two
+/// scheduled ones.
 fn workflows() -> Vec<String> {
     let wide: Vec<String> = std::iter::once(task("root", &[], "1s", 0, ""))
         .chain((1..=6).map(|i| task(&format!("w{i}"), &["root"], if i % 2 == 0 { "2s" } else { "1s" }, 0, "")))
@@ -76,22 +98,51 @@ fn workflows() -> Vec<String> {
             task(&format!("c{i}"), &deps, "1s", 0, "")
         })
         .collect();
-    let sub = |name: &str| {
+    let sub = |name: &str, target: &str| {
         format!(
-            "    - name: {name}\n      dependsOn: [prep]\n      workflowRef: {{name: inner, params: {{date: \"{{{{params.date}}}}\"}}}}\n"
+            "    - name: {name}\n      dependsOn: [prep]\n      workflowRef: {{name: {target}, params: {{date: \"{{{{params.date}}}}\"}}}}\n"
         )
     };
-    let nested = vec![task("prep", &[], "1s", 0, ""), sub("sub-a"), sub("sub-b"), task("finish", &["sub-a", "sub-b"], "1s", 0, "")];
+    let nested = vec![
+        task("prep", &[], "1s", 0, ""),
+        sub("sub-a", "inner"),
+        sub("sub-b", "inner"),
+        task("finish", &["sub-a", "sub-b"], "1s", 0, ""),
+    ];
     let inner = vec![task("a", &[], "1s", 0, ""), task("b", &["a"], "2s", 0, "")];
     let retries = "      retries: {limit: 1, backoffSeconds: 1}\n";
     let flaky = vec![task("step", &[], "1s", 0, ""), task("bad", &["step"], "1s", 3, retries), task("after", &["bad"], "1s", 0, "")];
-    vec![
+    let family = vec![task("prep", &[], "1s", 0, ""), sub("sub", "slow-inner"), task("finish", &["sub"], "1s", 0, "")];
+    let slow_inner = vec![task("s1", &[], "3s", 0, ""), task("s2", &["s1"], "3s", 0, "")];
+    let mut all = vec![
         workflow("wide", "  parallelism: 4\n", &wide),
         workflow("chain", "", &chain),
         workflow("inner", "", &inner),
         workflow("nested", "", &nested),
         workflow("flaky", "", &flaky),
-    ]
+        workflow(FAMILY, "", &family),
+        workflow("slow-inner", "", &slow_inner),
+        workflow(COLLIDE_A, "", &[task("web-test", &[], "3s", 0, "")]),
+        workflow(COLLIDE_B, "", &[task("test", &[], "3s", 0, "")]),
+    ];
+    for (name, policy) in SCHEDULED {
+        let settings = format!("  schedule: {{cron: \"{CRON}\", concurrencyPolicy: {policy}}}\n");
+        all.push(workflow(name, &settings, &[task("a", &[], "2s", 0, ""), task("b", &["a"], "2s", 0, "")]));
+    }
+    all
+}
+
+/// The schedules of the workflows that have one, parsed as the controller
+/// parses them.
+fn schedules(workflows: &[String]) -> BTreeMap<String, baton::schedule::Parsed> {
+    workflows
+        .iter()
+        .map(|y| serde_yaml::from_str::<Workflow>(y).expect("workflow YAML"))
+        .filter_map(|wf| {
+            let schedule = wf.spec.schedule.as_ref()?;
+            Some((wf.name_any(), baton::schedule::parse(schedule).expect("the suite's cron parses")))
+        })
+        .collect()
 }
 
 /// `cargo test` passes its filter and flags to every test binary: run only
@@ -123,10 +174,11 @@ async fn main() {
     println!("chaos: seed {} (replay with CHAOS_SEED={}), duration {:?}, {} runs", config.seed, config.seed, config.duration, config.runs);
     let ns = TestNs::new("chaos").await;
     println!("chaos: namespace {}, controller logs in {}/logs/", ns.name, support::state_dir().display());
-    ns.apply(&workflows().join("---\n"));
+    let workflows = workflows();
+    ns.apply(&workflows.join("---\n"));
     let identities = ["ctl-a", "ctl-b", "ctl-c"];
     let controllers: Vec<ControllerProc> = identities.iter().map(|id| ns.controller(id)).collect();
-    let journal = Journal::new(&identities.map(String::from));
+    let journal = Journal::new(&identities.map(String::from), schedules(&workflows));
     journal::spawn_watches(ns.client.clone(), &ns.name, journal.clone());
 
     let start = Instant::now();
@@ -148,13 +200,14 @@ async fn main() {
                 let j = j.lock().unwrap();
                 let finished = j.runs.values().filter(|r| r.idle() || r.paused_on_request()).count();
                 println!(
-                    "[chaos {:>6.1}s] runs {} ({} finished or paused), pods {}, faults {}, requests {}, breaks {}",
+                    "[chaos {:>6.1}s] runs {} ({} finished or paused), pods {}, faults {}, requests {}, moves {}, breaks {}",
                     start.elapsed().as_secs_f64(),
                     j.runs.len(),
                     finished,
                     j.pods.len(),
                     j.faults.values().sum::<u32>(),
                     j.requests.len(),
+                    j.moves.values().flat_map(|m| m.values()).sum::<u32>(),
                     j.breaks.len()
                 );
             }
@@ -169,27 +222,46 @@ async fn main() {
         start + config.duration.mul_f64(0.6),
     ));
     let requesting = tokio::spawn(requests::make_requests(runs_api.clone(), journal.clone(), config.seed, end));
+    let moving = tokio::spawn(moves::make(runs_api.clone(), ns.api(), journal.clone(), config.seed, start, end));
     let controllers = faults::inject(controllers, journal.clone(), config.seed, start, end).await;
     creating.await.unwrap();
     requesting.await.unwrap();
+    moving.await.unwrap();
+    let workflows_api: Api<Workflow> = ns.api();
+    let scheduled: Vec<String> = SCHEDULED.iter().map(|(n, _)| n.to_string()).collect();
+    moves::suspend_schedules(&workflows_api, &journal, &scheduled).await;
+    moves::resume_children(&runs_api, &journal, start).await;
     let faults_done = start.elapsed();
-    println!("[chaos {:>6.1}s] faults and requests stopped; waiting up to {DRAIN:?} for every run to finish", faults_done.as_secs_f64());
+    println!(
+        "[chaos {:>6.1}s] faults, requests and moves stopped, schedules suspended; waiting up to {DRAIN:?} for every run to finish",
+        faults_done.as_secs_f64()
+    );
 
     // Drain: every run finished, or paused because its last request said so.
     let drain_start = Instant::now();
     let pods_api: Api<Pod> = ns.api();
     let all = ListParams::default();
-    let (pods, runs) = loop {
-        let listed = futures::try_join!(pods_api.list(&all), runs_api.list(&all));
-        if let Ok((pods, runs)) = listed {
+    let mut last_move = (Vec::new(), Instant::now());
+    let (pods, runs, workflows) = loop {
+        let listed = futures::try_join!(pods_api.list(&all), runs_api.list(&all), workflows_api.list(&all));
+        if let Ok((pods, runs, workflows)) = listed {
             let settled = |r: &WorkflowInstance| {
                 let s = r.status.clone().unwrap_or_default();
                 let caught_up = s.observed_generation >= r.metadata.generation;
                 let phase = s.phase.unwrap_or_default();
                 caught_up && (phase.is_terminal() || (phase == baton::api::RunPhase::Paused && r.spec.suspend))
             };
-            if runs.items.iter().all(settled) || drain_start.elapsed() > DRAIN {
-                break (pods.items, runs.items);
+            let moving: Vec<(String, String)> =
+                runs.items.iter().filter(|r| !settled(r)).map(|r| (r.name_any(), r.resource_version().unwrap_or_default())).collect();
+            if moving != last_move.0 {
+                last_move = (moving, Instant::now());
+            }
+            let quiet = last_move.1.elapsed() > QUIET;
+            if last_move.0.is_empty() || quiet || drain_start.elapsed() > DRAIN {
+                if quiet {
+                    println!("[chaos] drain: {} unfinished runs did not change for {QUIET:?}; checking now", last_move.0.len());
+                }
+                break (pods.items, runs.items, workflows.items);
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -203,7 +275,7 @@ async fn main() {
     let outcome = {
         let mut j = journal.lock().unwrap();
         journal::merge_listed(&mut j, &pods, &runs);
-        report::check(&j, &config, &controllers, &runs, faults_done, settled_after)
+        report::check(&j, &config, &controllers, &runs, &workflows, faults_done, settled_after)
     };
     drop(controllers);
     if outcome {

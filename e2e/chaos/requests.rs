@@ -4,47 +4,91 @@
 use std::time::{Duration, Instant};
 
 use baton::api::{RunPhase, WorkflowInstance};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 
 use crate::journal::{Request, RequestKind, Shared};
 
 /// The workflows runs are started from, with how often each is picked.
-pub const MIX: [(&str, u32); 4] = [("wide", 3), ("chain", 3), ("nested", 2), ("flaky", 2)];
+pub const MIX: [(&str, u32); 5] = [("wide", 3), ("chain", 3), ("nested", 2), ("flaky", 2), (crate::FAMILY, 3)];
 
-/// Creates `count` runs spread over `[now, until)`. A create that fails
-/// (the API server restarting) is retried until it is accepted; an
-/// `AlreadyExists` then means an earlier try went through.
+/// The workflows whose top-level runs get requests. A `family` run gets
+/// none: requests go to its child (see `moves`), so that whatever changes
+/// the child's spec besides the suite is a break.
+const REQUESTED: [&str; 4] = ["wide", "chain", "nested", "flaky"];
+
+/// Creates run `name` of `workflow`. A create that fails (the API server
+/// restarting) is retried until it is accepted; an `AlreadyExists` then
+/// means an earlier try went through.
+pub async fn create_run(api: &Api<WorkflowInstance>, journal: &Shared, name: &str, workflow: &str, date: usize) {
+    let run: WorkflowInstance =
+        serde_yaml::from_str(&crate::runs::run(name, workflow, &format!("date: \"2026-01-{:02}\"", date % 28 + 1))).unwrap();
+    loop {
+        match api.create(&PostParams::default(), &run).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 => break,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    journal.lock().unwrap().created.push(name.to_string());
+}
+
+/// Creates `count` runs spread over `[now, until)`: each workflow of the mix
+/// once first (in a seeded order), then a weighted random choice.
 pub async fn start_runs(api: Api<WorkflowInstance>, journal: Shared, seed: u64, count: usize, until: Instant) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5747);
     let total: u32 = MIX.iter().map(|(_, w)| w).sum();
+    let mut first: Vec<&str> = MIX.iter().map(|(n, _)| *n).collect();
+    first.shuffle(&mut rng);
     for i in 0..count {
-        let mut pick = rng.random_range(0..total);
-        let workflow = MIX
-            .iter()
-            .find(|(_, w)| {
-                pick < *w || {
-                    pick -= w;
-                    false
-                }
-            })
-            .map_or("chain", |(n, _)| n);
-        let name = format!("r{i:03}-{workflow}");
-        let run: WorkflowInstance =
-            serde_yaml::from_str(&crate::runs::run(&name, workflow, &format!("date: \"2026-01-{:02}\"", i % 28 + 1))).unwrap();
-        loop {
-            match api.create(&PostParams::default(), &run).await {
-                Ok(_) => break,
-                Err(kube::Error::Api(s)) if s.code == 409 => break,
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
-        journal.lock().unwrap().created.push(name);
+        let workflow = first.get(i).copied().unwrap_or_else(|| {
+            let mut pick = rng.random_range(0..total);
+            MIX.iter()
+                .find(|(_, w)| {
+                    pick < *w || {
+                        pick -= w;
+                        false
+                    }
+                })
+                .map_or("chain", |(n, _)| n)
+        });
+        create_run(&api, &journal, &format!("r{i:03}-{workflow}"), workflow, i).await;
         let left = until.saturating_duration_since(Instant::now());
         let gap = left / (count - i) as u32;
         tokio::time::sleep(gap.mul_f64(rng.random_range(0.5..1.5))).await;
+    }
+}
+
+/// Makes request `kind` on run `name`, which the caller marked busy, then
+/// records it (with the generation it produced) and frees the run. Says
+/// whether the patch was accepted.
+pub async fn request(api: &Api<WorkflowInstance>, journal: &Shared, name: &str, kind: RequestKind, child: bool) -> bool {
+    journal.lock().unwrap().requesting(name, kind);
+    let made_at = Instant::now();
+    let answer = api.patch(name, &PatchParams::default(), &Patch::Merge(&kind.patch())).await;
+    let mut j = journal.lock().unwrap();
+    j.busy.remove(name);
+    match answer {
+        Ok(patched) => {
+            j.requested(name, kind, Some(&patched));
+            let generation = patched.metadata.generation.unwrap_or_default();
+            // The watch may have shown the effect before we got here.
+            let applied_after = j
+                .runs
+                .get(name)
+                .filter(|v| Some(&v.uid) == patched.uid().as_ref() && kind.visible(generation, v))
+                .map(|_| made_at.elapsed());
+            j.requests.push(Request { run: name.to_string(), child, kind, generation, made_at, applied_after });
+            true
+        }
+        Err(e) => {
+            j.requested(name, kind, None);
+            println!("[chaos] request {} on {name} not made: {e}", kind.label());
+            false
+        }
     }
 }
 
@@ -56,15 +100,14 @@ pub async fn make_requests(api: Api<WorkflowInstance>, journal: Shared, seed: u6
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(700..2_500))).await;
         let choice = {
-            let j = journal.lock().unwrap();
+            let mut j = journal.lock().unwrap();
             if j.api_back_at.is_none() {
                 continue;
             }
-            let waiting: Vec<&str> = j.requests.iter().filter(|r| r.applied_after.is_none()).map(|r| r.run.as_str()).collect();
             let mut candidates: Vec<(String, RequestKind)> = Vec::new();
             for name in &j.created {
                 let Some(v) = j.runs.get(name) else { continue };
-                if waiting.contains(&name.as_str()) || v.shutdown || v.observed_generation < v.generation {
+                if !REQUESTED.contains(&v.workflow.as_str()) || j.busy.contains(name) || j.pending(name) || v.shutdown || !v.caught_up() {
                     continue;
                 }
                 let kind = match v.phase {
@@ -87,25 +130,13 @@ pub async fn make_requests(api: Api<WorkflowInstance>, journal: Shared, seed: u6
                 };
                 candidates.push((name.clone(), kind));
             }
-            candidates.choose(&mut rng).cloned()
+            let choice = candidates.choose(&mut rng).cloned();
+            if let Some((name, _)) = &choice {
+                j.busy.insert(name.clone());
+            }
+            choice
         };
         let Some((name, kind)) = choice else { continue };
-        let spec = match kind {
-            RequestKind::Pause => serde_json::json!({"suspend": true}),
-            RequestKind::Resume => serde_json::json!({"suspend": false}),
-            RequestKind::Stop => serde_json::json!({"shutdown": "Stop"}),
-            RequestKind::RetryFailed(n) => serde_json::json!({"retryFailed": n}),
-        };
-        let made_at = Instant::now();
-        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "spec": spec }))).await {
-            Ok(patched) => {
-                let generation = patched.metadata.generation.unwrap_or_default();
-                let mut j = journal.lock().unwrap();
-                // The watch may have shown the effect before we got here.
-                let applied_after = j.runs.get(&name).filter(|v| kind.visible(generation, v)).map(|_| made_at.elapsed());
-                j.requests.push(Request { run: name, kind, generation, made_at, applied_after });
-            }
-            Err(e) => println!("[chaos] request {} on {name} not made: {e}", kind.label()),
-        }
+        request(&api, &journal, &name, kind, false).await;
     }
 }
