@@ -279,7 +279,8 @@ pub struct Journal {
     pub schedules: BTreeMap<String, Parsed>,
     /// Top-level runs the suite created, in order.
     pub created: Vec<String>,
-    /// Runs the suite deleted and created again under the same name.
+    /// Runs the suite deleted and created again under the same name (or
+    /// began to: their pods may be orphaned).
     pub recreated: BTreeSet<String>,
     /// Runs a move or a request is working on: no other one picks them.
     pub busy: BTreeSet<String>,

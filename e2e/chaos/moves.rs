@@ -206,11 +206,13 @@ async fn recreate(api: &Api<WorkflowInstance>, pods: &Api<Pod>, journal: &Shared
         target
     };
     let Some(name) = target else { return false };
+    // Marked before the first call: a move cut short may already have
+    // orphaned the run's pods, and the run is judged as steered.
+    journal.lock().unwrap().recreated.insert(name.clone());
     let done = delete_and_create(api, pods, journal, &name, orphan, start).await;
     let mut j = journal.lock().unwrap();
     j.busy.remove(&name);
     if done {
-        j.recreated.insert(name);
         j.moved(Move::Recreate, if orphan { "pods orphaned" } else { "pods left to the GC" });
     }
     done
