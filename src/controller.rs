@@ -572,9 +572,32 @@ where
                     debug!(%kind, %name, "adopted existing object");
                     Ok(Done::Yes)
                 }
-                Belongs::Going(why) => {
-                    info!(%kind, %name, %why, "name still taken; waiting for it to go");
-                    ctx.event(run, true, "NameTaken", format!("task {task}: {kind} {name} exists: {why}; waiting for it to go"));
+                Belongs::Leftover(why) => {
+                    // What the garbage collector would delete, and may be
+                    // slow to (after an API server outage it can take
+                    // minutes): this exact object (UID precondition) is
+                    // deleted; the next reconcile creates the run's own.
+                    info!(%kind, %name, %why, "deleting a deleted predecessor's leftover to take its name");
+                    let dp = DeleteParams {
+                        preconditions: Some(Preconditions { uid: existing.uid(), resource_version: None }),
+                        ..Default::default()
+                    };
+                    match api.delete(&name, &dp).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    ctx.event(
+                        run,
+                        false,
+                        "LeftoverDeleted",
+                        format!("task {task}: {kind} {name} {why}; deleted it to create this run's own"),
+                    );
+                    Ok(Done::Wait)
+                }
+                Belongs::Going => {
+                    info!(%kind, %name, "name still taken by an object being deleted; waiting for it to go");
+                    ctx.event(run, true, "NameTaken", format!("task {task}: {kind} {name} is being deleted; waiting for it to go"));
                     Ok(Done::Wait)
                 }
                 Belongs::Foreign(whose) => {

@@ -36,10 +36,12 @@ pub const MAX_DEPTH: u32 = 8;
 pub enum Belongs {
     /// Controlled by the owner with this UID.
     Ours,
-    /// Going away: controlled by an earlier baton object of the same kind
-    /// and name, now deleted (the garbage collector is about to remove it),
-    /// or being deleted. Wait for that; the text says what is awaited.
-    Going(String),
+    /// Left behind by an earlier baton object of the same kind and name,
+    /// now deleted (this name has another UID now): garbage the collector
+    /// has not removed yet. It belongs to no live object.
+    Leftover(String),
+    /// Being deleted: wait for it to go.
+    Going,
     /// Anyone else's, or nobody's: a name collision, described for people.
     Foreign(String),
 }
@@ -49,10 +51,10 @@ pub fn belongs(object: &ObjectMeta, kind: &str, name: &str, uid: &str) -> Belong
     let controller = object.owner_references.iter().flatten().find(|r| r.controller == Some(true));
     match controller {
         Some(r) if r.uid == uid => Belongs::Ours,
+        _ if object.deletion_timestamp.is_some() => Belongs::Going,
         Some(r) if r.api_version.starts_with("baton.dev/") && r.kind == kind && r.name == name => {
-            Belongs::Going(format!("it belongs to a deleted {kind} {name} (uid {}) and waits for the garbage collector", r.uid))
+            Belongs::Leftover(format!("it was left by a deleted {kind} {name} (uid {})", r.uid))
         }
-        _ if object.deletion_timestamp.is_some() => Belongs::Going("it is being deleted".into()),
         Some(r) => Belongs::Foreign(format!("it belongs to {} {} (uid {})", r.kind, r.name, r.uid)),
         None => Belongs::Foreign("it belongs to no controller".into()),
     }
@@ -271,7 +273,7 @@ mod tests {
         assert!(controlled_by(&p.metadata, "uid-1"));
         assert!(!controlled_by(&p.metadata, "uid-2"));
         // The same name, created again: the old run's pod waits for the GC.
-        assert!(matches!(belongs(&p.metadata, "WorkflowInstance", "etl-1", "uid-2"), Belongs::Going(_)));
+        assert!(matches!(belongs(&p.metadata, "WorkflowInstance", "etl-1", "uid-2"), Belongs::Leftover(_)));
         let mut other_group = p.metadata.clone();
         other_group.owner_references.as_mut().unwrap()[0].api_version = "example.com/v1".into();
         assert!(matches!(belongs(&other_group, "WorkflowInstance", "etl-1", "uid-2"), Belongs::Foreign(_)), "same kind, other group");
@@ -284,10 +286,6 @@ mod tests {
         orphan.owner_references = None;
         assert_eq!(belongs(&orphan, "WorkflowInstance", "etl-1", "uid-1"), Belongs::Foreign("it belongs to no controller".into()));
         orphan.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        assert_eq!(
-            belongs(&orphan, "WorkflowInstance", "etl-1", "uid-1"),
-            Belongs::Going("it is being deleted".into()),
-            "going away: wait"
-        );
+        assert_eq!(belongs(&orphan, "WorkflowInstance", "etl-1", "uid-1"), Belongs::Going, "going away: wait");
     }
 }

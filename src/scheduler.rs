@@ -292,7 +292,7 @@ async fn start_run(ctx: &Context, runs: &Api<WorkflowInstance>, wf: &Workflow, t
             ctx.metrics.adopted.inc();
             Started::Adopted
         }
-        Belongs::Going(_) => Started::Wait,
+        Belongs::Leftover(_) | Belongs::Going => Started::Wait,
         Belongs::Foreign(whose) => Started::Collision(whose),
     })
 }
