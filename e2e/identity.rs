@@ -43,6 +43,22 @@ async fn requests_made_on_a_child_run_are_never_undone_by_its_parent() {
     assert!(child.spec.suspend, "the parent undid spec.suspend on the child");
     assert_eq!(child.status.unwrap().phase, Some(RunPhase::Paused));
 
+    // A pause and resume of the parent hands the child back as it was:
+    // still paused, as the user asked.
+    patch_spec(&ns, "o1", serde_json::json!({"suspend": true})).await;
+    wait_phase(&ns, "o1", |p| p == RunPhase::Paused).await;
+    patch_spec(&ns, "o1", serde_json::json!({"suspend": false})).await;
+    wait_phase(&ns, "o1", |p| p == RunPhase::Running).await;
+    wait_for("the parent's resume to reach the child", Duration::from_secs(20), || async {
+        let c = get(&ns, "o1-sub").await;
+        let passed = c.annotations().get("baton.dev/parent-suspend").cloned();
+        if passed.as_deref() == Some("false") { Ok(()) } else { Err(format!("{passed:?}")) }
+    })
+    .await;
+    let child = get(&ns, "o1-sub").await;
+    assert!(child.spec.suspend, "the parent's resume undid the pause made on the child");
+    assert_eq!(child.status.unwrap().phase, Some(RunPhase::Paused));
+
     // Stop the child itself: it ends Stopped, its request stays, and the
     // parent's task ends Stopped without starting another child.
     patch_spec(&ns, "o1-sub", serde_json::json!({"shutdown": "Stop"})).await;

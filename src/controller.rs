@@ -27,7 +27,10 @@ use crate::fence::{self, Fence, FenceError};
 use crate::lease::Membership;
 use crate::metrics::{ClaimLabel, ErrorLabel, Metrics, PhaseLabel};
 use crate::naming;
-use crate::objects::{self, ANNOTATION_PARENT_STOP, ANNOTATION_PARENT_SUSPEND, Belongs, LABEL_INSTANCE, LABEL_PARENT, LABEL_TASK};
+use crate::objects::{
+    self, ANNOTATION_PARENT_STOP, ANNOTATION_PARENT_SUSPEND, ANNOTATION_PARENT_SUSPEND_PRIOR, Belongs, LABEL_INSTANCE, LABEL_PARENT,
+    LABEL_TASK,
+};
 use crate::ownership::{self, Decision};
 use crate::planner::{self, Action, ChildRequest, Observed, ObservedChild, ObservedPod, Passed, PodState};
 
@@ -326,8 +329,10 @@ async fn observe(ctx: &Context, run: &WorkflowInstance) -> Result<Observed, Erro
                 task: c.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
                 name: c.name_any(),
                 phase: c.status.as_ref().and_then(|s| s.phase),
+                suspend: c.spec.suspend,
                 passed: Passed {
                     suspend: c.annotations().get(ANNOTATION_PARENT_SUSPEND).and_then(|v| v.parse().ok()),
+                    prior: c.annotations().get(ANNOTATION_PARENT_SUSPEND_PRIOR).and_then(|v| v.parse().ok()),
                     stop: c.annotations().contains_key(ANNOTATION_PARENT_STOP),
                 },
             })
@@ -527,9 +532,13 @@ async fn carry_out(
             // the UID makes it apply only to the child that was observed.
             let uid = observed.children.iter().find(|c| &c.name == name).map(|c| c.uid.clone());
             let mut patch = match request {
-                ChildRequest::Suspend(s) => serde_json::json!({
-                    "metadata": {"annotations": {ANNOTATION_PARENT_SUSPEND: s.to_string()}},
-                    "spec": {"suspend": s},
+                ChildRequest::Pause { prior } => serde_json::json!({
+                    "metadata": {"annotations": {ANNOTATION_PARENT_SUSPEND: "true", ANNOTATION_PARENT_SUSPEND_PRIOR: prior.to_string()}},
+                    "spec": {"suspend": true},
+                }),
+                ChildRequest::Resume { to } => serde_json::json!({
+                    "metadata": {"annotations": {ANNOTATION_PARENT_SUSPEND: "false"}},
+                    "spec": {"suspend": to},
                 }),
                 ChildRequest::Stop => serde_json::json!({
                     "metadata": {"annotations": {ANNOTATION_PARENT_STOP: "true"}},

@@ -22,6 +22,9 @@ pub const ANNOTATION_SCHEDULED_TIME: &str = "baton.dev/scheduled-time";
 pub const ANNOTATION_OWNER_EPOCH: &str = "baton.dev/owner-epoch";
 /// On a child run: the last `spec.suspend` its parent passed on to it.
 pub const ANNOTATION_PARENT_SUSPEND: &str = "baton.dev/parent-suspend";
+/// On a child run: its own `spec.suspend` before its parent paused it,
+/// given back when the parent resumes.
+pub const ANNOTATION_PARENT_SUSPEND_PRIOR: &str = "baton.dev/parent-suspend-prior";
 /// On a child run: its parent asked it to stop (its task or the parent ended).
 pub const ANNOTATION_PARENT_STOP: &str = "baton.dev/parent-stop";
 /// Nesting depth of a child run (a top-level run has none, i.e. 0).
@@ -163,14 +166,17 @@ pub fn child(
         ]
         .into(),
     );
-    child.metadata.annotations = Some(
-        [
-            (ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()),
-            (ANNOTATION_DEPTH.to_string(), depth.to_string()),
-            (ANNOTATION_PARENT_SUSPEND.to_string(), run.spec.suspend.to_string()),
-        ]
-        .into(),
-    );
+    let mut annotations: BTreeMap<String, String> = [
+        (ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()),
+        (ANNOTATION_DEPTH.to_string(), depth.to_string()),
+        (ANNOTATION_PARENT_SUSPEND.to_string(), run.spec.suspend.to_string()),
+    ]
+    .into();
+    if run.spec.suspend {
+        // Created paused by a paused parent: running is its own value.
+        annotations.insert(ANNOTATION_PARENT_SUSPEND_PRIOR.to_string(), "false".to_string());
+    }
+    child.metadata.annotations = Some(annotations);
     child.metadata.owner_references = Some(vec![owner_reference(run)]);
     Ok(child)
 }

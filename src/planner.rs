@@ -47,6 +47,8 @@ pub struct ObservedChild {
     pub uid: String,
     pub task: String,
     pub phase: Option<RunPhase>,
+    /// Its `spec.suspend` (whoever set it).
+    pub suspend: bool,
     /// What the parent has passed on to it so far (its annotations).
     pub passed: Passed,
 }
@@ -59,6 +61,10 @@ pub struct ObservedChild {
 pub struct Passed {
     /// The last `suspend` the parent asked for.
     pub suspend: Option<bool>,
+    /// The child's own `spec.suspend` just before the parent paused it:
+    /// what the parent's resume gives back, so a pause someone made on the
+    /// child itself outlives a pause and resume of the parent.
+    pub prior: Option<bool>,
     /// The parent asked the child to stop.
     pub stop: bool,
 }
@@ -97,8 +103,12 @@ pub enum Action {
 /// a child's `spec.shutdown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChildRequest {
-    /// Set its `spec.suspend` (the parent paused or resumed).
-    Suspend(bool),
+    /// The parent paused: set `spec.suspend`, remembering `prior`, the
+    /// child's own value before.
+    Pause { prior: bool },
+    /// The parent resumed: give the child back `to`, its value before the
+    /// parent's pause.
+    Resume { to: bool },
     /// Set its `spec.shutdown` to Stop (its task or the parent ended).
     Stop,
 }
@@ -509,9 +519,12 @@ pub fn actions(status: &WorkflowInstanceStatus, spec: &WorkflowInstanceSpec, obs
         let child_ended = child.phase.is_some_and(RunPhase::is_terminal);
         if current && !run_ended {
             // Pass on a pause or resume of the parent, once per change.
-            if child.passed.suspend != Some(spec.suspend) {
-                out.push(Action::SteerChild { name: child.name.clone(), request: ChildRequest::Suspend(spec.suspend) });
-            }
+            let request = match (spec.suspend, child.passed.suspend) {
+                (true, Some(true)) | (false, Some(false) | None) => None,
+                (true, _) => Some(ChildRequest::Pause { prior: child.suspend }),
+                (false, Some(true)) => Some(ChildRequest::Resume { to: child.passed.prior.unwrap_or(false) }),
+            };
+            out.extend(request.map(|request| Action::SteerChild { name: child.name.clone(), request }));
         } else if !child_ended && !child.passed.stop && status.tasks.iter().any(|t| t.stop_children.contains(&child.name)) {
             // The run ended its task while it was going: it must end too.
             out.push(Action::SteerChild { name: child.name.clone(), request: ChildRequest::Stop });

@@ -65,12 +65,16 @@ impl Sim {
                     name: naming::child("r", task, *attempt),
                     task: task.clone(),
                     phase: None,
-                    passed: Passed { suspend: Some(self.spec.suspend), stop: false },
+                    suspend: self.spec.suspend,
+                    passed: Passed { suspend: Some(self.spec.suspend), prior: self.spec.suspend.then_some(false), stop: false },
                 }),
                 Action::SteerChild { name, request } => {
                     let c = self.observed.children.iter_mut().find(|c| &c.name == name).unwrap();
                     match request {
-                        ChildRequest::Suspend(s) => c.passed.suspend = Some(*s),
+                        ChildRequest::Pause { prior } => {
+                            (c.suspend, c.passed.suspend, c.passed.prior) = (true, Some(true), Some(*prior));
+                        }
+                        ChildRequest::Resume { to } => (c.suspend, c.passed.suspend) = (*to, Some(false)),
                         ChildRequest::Stop => c.passed.stop = true,
                     }
                 }
@@ -290,10 +294,10 @@ fn child_run_follows_and_is_steered() {
     assert_eq!(plan.actions, [Action::CreateChild { task: "a".into(), attempt: 0 }]);
     assert_eq!(sim.status.tasks[0].child_instance.as_deref(), Some("r-a"));
     sim.spec.suspend = true;
-    assert_eq!(sim.step(1).actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Suspend(true) }]);
+    assert_eq!(sim.step(1).actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Pause { prior: false } }]);
     assert_eq!(sim.step(2).actions, [], "passed on once");
     sim.spec.suspend = false;
-    assert_eq!(sim.step(3).actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Suspend(false) }]);
+    assert_eq!(sim.step(3).actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Resume { to: false } }]);
     sim.observed.children[0].phase = Some(RunPhase::Succeeded);
     sim.step(4);
     assert_eq!(sim.phase("a"), TaskPhase::Succeeded);
@@ -331,6 +335,20 @@ fn requests_made_on_the_child_itself_are_never_undone() {
     assert_eq!(sim.phase("a"), TaskPhase::Stopped, "the task ends as asked, not retried");
     assert_eq!(sim.status.tasks[0].attempts, 1);
     assert!(plan.events.iter().any(|e| e.reason == "TaskStopped"));
+}
+
+#[test]
+fn a_pause_made_on_the_child_outlives_a_pause_and_resume_of_its_parent() {
+    let mut sim = Sim::new(with_child_task());
+    sim.step(0);
+    sim.observed.children[0].suspend = true; // the user pauses the child itself
+    assert_eq!(sim.step(1).actions, []);
+    sim.spec.suspend = true;
+    assert_eq!(sim.step(2).actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Pause { prior: true } }]);
+    sim.spec.suspend = false;
+    assert_eq!(sim.step(3).actions, [Action::SteerChild { name: "r-a".into(), request: ChildRequest::Resume { to: true } }]);
+    assert!(sim.observed.children[0].suspend, "still paused, as the user asked");
+    assert_eq!(sim.step(4).actions, []);
 }
 
 #[test]
