@@ -699,6 +699,7 @@ pub async fn run(
     Controller::new(runs.clone(), watcher::Config::default().any_semantic())
         .owns(pods, watcher::Config::default().labels(LABEL_INSTANCE).any_semantic())
         .owns(runs, watcher::Config::default().labels(LABEL_PARENT).any_semantic())
+        .trigger_backoff(crate::backoff::watch())
         .reconcile_all_on(recheck)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -2,6 +2,7 @@
 //! controllers active at once, each run owned by exactly one of them.
 
 pub mod api;
+pub mod backoff;
 pub mod conditions;
 pub mod controller;
 pub mod crds;

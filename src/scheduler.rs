@@ -319,6 +319,7 @@ pub async fn run(
             let owner = run.owner_references().iter().find(|r| r.controller == Some(true) && r.kind == "Workflow")?;
             Some(ObjectRef::new(&owner.name).within(&ns))
         })
+        .trigger_backoff(crate::backoff::watch())
         .reconcile_all_on(recheck)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

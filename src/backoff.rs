@@ -1,0 +1,63 @@
+//! How soon a broken watch is tried again. kube's default (client-go's
+//! reflector: 0.8 s doubling to 30 s, with jitter, reset after 2 quiet
+//! minutes) keeps every watch of every controller away for up to a minute
+//! after a couple of API server restarts, and a run then waits that long
+//! for its next step (the chaos suite saw runs stall past its 45 s drain).
+//! baton's watches are few (runs, pods, child runs, Workflows, Leases per
+//! controller), so they come back sooner: 250 ms doubling to 5 s, reset
+//! after 30 s without errors.
+
+use std::time::Duration;
+
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
+
+const FIRST: Duration = Duration::from_millis(250);
+const MAX: Duration = Duration::from_secs(5);
+const RESET_AFTER: Duration = Duration::from_secs(30);
+
+/// Doubling delays from [`FIRST`] up to [`MAX`], never ending.
+#[derive(Debug, Clone)]
+pub struct Doubling {
+    next: Duration,
+}
+
+impl Default for Doubling {
+    fn default() -> Self {
+        Doubling { next: FIRST }
+    }
+}
+
+impl Iterator for Doubling {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(MAX);
+        Some(now)
+    }
+}
+
+impl Backoff for Doubling {
+    fn reset(&mut self) {
+        self.next = FIRST;
+    }
+}
+
+/// The backoff of every watch baton runs.
+pub fn watch() -> ResetTimerBackoff<Doubling> {
+    ResetTimerBackoff::new(Doubling::default(), RESET_AFTER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_up_to_five_seconds_and_starts_over_on_reset() {
+        let mut b = Doubling::default();
+        let first: Vec<u128> = b.by_ref().take(7).map(|d| d.as_millis()).collect();
+        assert_eq!(first, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(FIRST));
+    }
+}
