@@ -38,6 +38,11 @@ use crate::planner::{self, Action, ChildRequest, Observed, ObservedChild, Observ
 const OWNER_HISTORY: usize = 10;
 /// How often a run is looked at when nothing wakes it earlier.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Longest a reconcile may take. A request sent while the API server shuts
+/// down can hang until kube's read timeout (about 5 minutes), and the object
+/// with it; past this the reconcile is dropped and retried. Dropping one is
+/// safe: its writes are fenced and its creates idempotent.
+pub(crate) const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// State shared by every reconcile.
 pub struct Context {
@@ -123,6 +128,8 @@ pub enum Error {
     Fence(#[from] FenceError),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("reconcile took longer than {0:?}; retrying")]
+    Timeout(Duration),
 }
 
 impl Error {
@@ -131,6 +138,7 @@ impl Error {
             Error::Fence(FenceError::Conflict) => "conflict",
             Error::Fence(FenceError::Refused(_)) => "fenced",
             Error::Fence(FenceError::Kube(_)) | Error::Kube(_) => "api",
+            Error::Timeout(_) => "timeout",
         }
     }
 }
@@ -186,7 +194,12 @@ pub async fn reconcile(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<
         name = run.name_any(),
         controller = ctx.membership.identity()
     );
-    reconcile_run(run, ctx).instrument(span).await
+    with_timeout(reconcile_run(run, ctx)).instrument(span).await
+}
+
+/// Runs a reconcile for at most [`RECONCILE_TIMEOUT`].
+pub(crate) async fn with_timeout(reconcile: impl std::future::Future<Output = Result<Requeue, Error>>) -> Result<Requeue, Error> {
+    tokio::time::timeout(RECONCILE_TIMEOUT, reconcile).await.unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)))
 }
 
 async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<Requeue, Error> {

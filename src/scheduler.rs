@@ -37,7 +37,7 @@ pub async fn reconcile(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Requeue, 
         name = wf.name_any(),
         controller = ctx.membership.identity()
     );
-    reconcile_workflow(wf, ctx).instrument(span).await
+    crate::controller::with_timeout(reconcile_workflow(wf, ctx)).instrument(span).await
 }
 
 async fn reconcile_workflow(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Requeue, Error> {
