@@ -138,7 +138,7 @@ pub async fn inject(
     controllers
 }
 
-fn cluster(args: &[&str]) -> bool {
+pub(crate) fn cluster(args: &[&str]) -> bool {
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/cluster"))
         .args(args)
         .stdout(Stdio::null())

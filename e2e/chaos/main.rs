@@ -231,6 +231,16 @@ async fn main() {
     let scheduled: Vec<String> = SCHEDULED.iter().map(|(n, _)| n.to_string()).collect();
     moves::suspend_schedules(&workflows_api, &journal, &scheduled).await;
     moves::resume_children(&runs_api, &journal, start).await;
+    // A control-plane component the faults left dead (kube-scheduler has
+    // exited on a corrupted cache after API server restarts) is started
+    // again, as a real cluster restarts its static pods; baton is judged,
+    // not the harness.
+    let restarted = faults::cluster(&["up"]);
+    println!(
+        "[chaos {:>6.1}s] e2e/cluster up before the drain: {}",
+        start.elapsed().as_secs_f64(),
+        if restarted { "ok" } else { "failed" }
+    );
     let faults_done = start.elapsed();
     println!(
         "[chaos {:>6.1}s] faults, requests and moves stopped, schedules suspended; waiting up to {DRAIN:?} for every run to finish",
