@@ -533,12 +533,8 @@ async fn carry_out(
             // Only the pod that was observed as the run's: a namesake made
             // since is refused by the precondition (409) and left alone.
             let uid = observed.pods.iter().find(|p| &p.name == name).map(|p| p.uid.clone());
-            let dp = DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..DeleteParams::default() };
-            match Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete(name, &dp).await {
-                Ok(_) => Ok(Done::Yes),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Done::Yes),
-                Err(e) => Err(e.into()),
-            }
+            delete_exactly(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), name, uid).await?;
+            Ok(Done::Yes)
         }
         Action::SteerChild { name, request } => {
             // The annotation records what was passed on, in the same patch;
@@ -600,15 +596,7 @@ where
                     // minutes): this exact object (UID precondition) is
                     // deleted; the next reconcile creates the run's own.
                     info!(%kind, %name, %why, "deleting a deleted predecessor's leftover to take its name");
-                    let dp = DeleteParams {
-                        preconditions: Some(Preconditions { uid: existing.uid(), resource_version: None }),
-                        ..Default::default()
-                    };
-                    match api.delete(&name, &dp).await {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    delete_exactly(api, &name, existing.uid()).await?;
                     ctx.event(
                         run,
                         false,
@@ -644,6 +632,20 @@ where
             ctx.event(run, true, "CreateRefused", format!("task {task}: {}; will retry", s.message));
             Err(kube::Error::Api(s).into())
         }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes the object `name` only if it is still the one with `uid`: gone
+/// already (404) or replaced by a namesake (409) both count as done.
+async fn delete_exactly<K>(api: &Api<K>, name: &str, uid: Option<String>) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let dp = DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..DeleteParams::default() };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
