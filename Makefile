@@ -55,8 +55,11 @@ chart: helm
 	e2e/helm lint --strict charts/baton
 	e2e/helm template baton charts/baton --namespace baton-system
 
+## Offline: validation of big workflows, and one planner step of a run
+## with a 1,000-item fan-out (and that run's status size).
 bench:
 	$(CARGO) bench --bench validate
+	$(CARGO) bench --bench planner
 
 ## 1,000 runs against the local control plane (BENCH_RUNS=n to change).
 bench-runs: cluster-up

@@ -34,8 +34,8 @@ fn main() {
             assert!(dag::validate(&spec).is_empty());
         }
         let per = start.elapsed() / rounds;
-        let dag = dag::Dag::new(&spec.tasks).unwrap();
-        let phases = vec![baton::api::TaskPhase::Pending; n];
+        let dag = dag::Dag::new(&spec).unwrap();
+        let phases = vec![dag::State::Pending; n];
         let start = Instant::now();
         let ready = dag.ready(&phases).count();
         let ready_time = start.elapsed();

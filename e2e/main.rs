@@ -6,6 +6,7 @@ mod support;
 
 mod cluster;
 mod failover;
+mod flow;
 mod identity;
 mod install;
 mod rules;

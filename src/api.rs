@@ -45,6 +45,10 @@ pub const GROUP: &str = "baton.dev";
     {
         "rule": "size(self.tasks) > 100 || sets.contains(self.tasks.map(t, t.name), self.tasks.map(t, has(t.dependsOn) ? t.dependsOn : []).flatten())",
         "message": "every dependsOn entry must name a task of this workflow"
+    },
+    {
+        "rule": "!has(self.onExit) || self.onExit.all(e, !self.tasks.exists(t, t.name == e.name))",
+        "message": "an exit task cannot have the name of a task of the DAG"
     }
 ]))]
 pub struct WorkflowSpec {
@@ -79,12 +83,34 @@ pub struct WorkflowSpec {
     #[schemars(length(min = 1, max = 1000))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub tasks: Vec<TaskSpec>,
+
+    /// Exit tasks: they start once every task of the DAG has ended (or
+    /// after `shutdown: Stop`; `Terminate` skips them), whatever the
+    /// outcome, and `dependsOn` only each other. In their templates and
+    /// `when`, `run.phase` is the DAG's outcome: Succeeded, Failed or
+    /// Stopped. The run ends with that outcome, or Failed if an exit task
+    /// fails. Names are unique across `tasks` and `onExit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub on_exit: Vec<TaskSpec>,
 }
 
 impl WorkflowSpec {
     /// `failFast` with its default applied.
     pub fn fail_fast(&self) -> bool {
         self.fail_fast.unwrap_or(true)
+    }
+
+    /// The DAG's tasks, then the exit tasks: the order of `status.tasks`
+    /// and of the planner's task indices.
+    pub fn all_tasks(&self) -> impl Iterator<Item = &TaskSpec> {
+        self.tasks.iter().chain(&self.on_exit)
+    }
+
+    /// The task (of the DAG or an exit task) with this name.
+    pub fn task(&self, name: &str) -> Option<&TaskSpec> {
+        self.all_tasks().find(|t| t.name == name)
     }
 }
 
@@ -157,14 +183,39 @@ pub struct TaskSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
 
-    /// Tasks that must succeed before this one starts.
+    /// Tasks that must succeed (or be skipped by their `when`) before this
+    /// one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub depends_on: Vec<String>,
 
-    /// The container the task's pod runs. `{{params.NAME}}` is substituted
-    /// in its command, args and env values.
+    /// A CEL expression over `params`, `tasks` (name -> {phase, outputs:
+    /// {result, json}}), `item` and `run` ({name, namespace, phase}),
+    /// evaluated once the dependencies are satisfied. False skips the task
+    /// (reason WhenFalse), which still satisfies its dependants. For
+    /// example `tasks.check.outputs.result == 'ok'`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub when: Option<String>,
+
+    /// Run the task once per item of this list (strings, numbers or
+    /// objects), at most 1000. Templates read the item as `{{item}}` or
+    /// `{{item.FIELD}}`, `when` as `item`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "items_schema")]
+    pub with_items: Option<Vec<serde_json::Value>>,
+
+    /// Run the task once per item of the JSON list this template yields,
+    /// for example `{{tasks.list.outputs.result}}`; at most 1000 items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub with_param: Option<String>,
+
+    /// The container the task's pod runs. Templates (`{{params.NAME}}`,
+    /// `{{tasks.T.outputs.result}}`, `{{item}}`, `{{run.name}}`, ...) are
+    /// substituted in its command, args and env values. Its termination
+    /// message (the file at `terminationMessagePath`) is the task's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
 
@@ -191,6 +242,25 @@ impl TaskSpec {
     pub fn retry_limit(&self) -> i32 {
         self.retries.as_ref().map_or(0, |r| r.limit)
     }
+
+    /// Whether the task runs once per item.
+    pub fn fans_out(&self) -> bool {
+        self.with_items.is_some() || self.with_param.is_some()
+    }
+}
+
+/// Most instances of one fanned-out task.
+pub const MAX_ITEMS: usize = 1000;
+
+/// Schema of `withItems`: a list of any JSON values (strings, numbers,
+/// objects), kept as given.
+fn items_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Run the task once per item of this list (strings, numbers or objects), at most 1000. Templates read the item as {{item}} or {{item.FIELD}}, when as item.",
+        "type": "array",
+        "maxItems": MAX_ITEMS,
+        "items": {"x-kubernetes-preserve-unknown-fields": true}
+    })
 }
 
 /// A reference from a task to the Workflow it runs as a child.
@@ -200,8 +270,8 @@ pub struct TaskWorkflowRef {
     /// Name of a Workflow in the same namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Parameters of the child run; values may use `{{params.NAME}}` of the
-    /// parent.
+    /// Parameters of the child run; values may use templates of the parent
+    /// (`{{params.NAME}}`, `{{tasks.T.outputs.result}}`, `{{item}}`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
 }
@@ -223,7 +293,8 @@ pub struct RetryPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplate {
-    /// Labels and annotations added to the pod.
+    /// Labels and annotations added to the pod. Templates are substituted
+    /// in annotation values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<PodTemplateMetadata>,
     /// Service account the pod runs as.
@@ -434,7 +505,9 @@ pub enum TaskPhase {
     Succeeded,
     /// Failed for good (retries used up, timeout, or error).
     Failed,
-    /// Not run because a dependency failed or was stopped.
+    /// Not run: its `when` was false or it had no items (reason `WhenFalse`
+    /// or `NoItems`; dependants run), or a dependency failed or was stopped
+    /// (reason `UpstreamFailed`; dependants are skipped too).
     Skipped,
     /// Ended by a shutdown request or by failFast.
     Stopped,
@@ -443,6 +516,16 @@ pub enum TaskPhase {
 impl TaskPhase {
     pub fn is_finished(self) -> bool {
         !matches!(self, TaskPhase::Pending | TaskPhase::Running)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskPhase::Pending => "Pending",
+            TaskPhase::Running => "Running",
+            TaskPhase::Succeeded => "Succeeded",
+            TaskPhase::Failed => "Failed",
+            TaskPhase::Skipped => "Skipped",
+            TaskPhase::Stopped => "Stopped",
+        }
     }
 }
 
@@ -490,6 +573,11 @@ pub struct WorkflowInstanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The DAG's outcome (Succeeded, Failed or Stopped), recorded once
+    /// every task of the DAG has ended, while exit tasks run: what they see
+    /// as `run.phase`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dag_phase: Option<RunPhase>,
     /// The workflow's spec as it was when the run started; later edits of
     /// the Workflow do not change this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -615,4 +703,27 @@ pub struct TaskStatus {
     /// Why the task is in this phase, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why the task is in this phase, as one word: `WhenFalse` and
+    /// `NoItems` (skipped, dependants run), `UpstreamFailed` (skipped,
+    /// dependants skipped too), `Terminated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// On one instance of a fanned-out task (named `TASK(INDEX)`): its
+    /// item, as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    /// What the task produced, kept when a later template or `when`
+    /// reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<TaskOutputs>,
+}
+
+/// What a task produced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOutputs {
+    /// The termination message of the succeeded attempt's container, one
+    /// trailing newline trimmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }

@@ -32,7 +32,7 @@ use crate::objects::{
     LABEL_TASK,
 };
 use crate::ownership::{self, Decision};
-use crate::planner::{self, Action, ChildRequest, Observed, ObservedChild, ObservedPod, Passed, PodState};
+use crate::planner::{self, Action, ChildRequest, Observed, ObservedChild, ObservedPod, Passed, PodState, results};
 
 /// Owner changes kept in `status.ownerHistory`.
 const OWNER_HISTORY: usize = 10;
@@ -368,6 +368,7 @@ fn observed_pod(pod: Pod) -> ObservedPod {
         name: pod.name_any(),
         state,
         exit_code: terminated.as_ref().map(|t| t.exit_code),
+        message: terminated.as_ref().and_then(|t| t.message.clone()),
         reason: terminated.and_then(|t| t.reason).or(status.reason),
         deleting: pod.metadata.deletion_timestamp.is_some(),
     }
@@ -403,13 +404,15 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
         ctx.track(&uid, status.phase);
         return Ok(Requeue::await_change());
     };
-    let (dag, values) = match (Dag::new(&workflow.tasks), dag::resolve_params(&workflow, &run.spec.params)) {
+    let (dag, values) = match (Dag::new(&workflow), dag::resolve_params(&workflow, &run.spec.params)) {
         (Ok(d), Ok(v)) => (d, v),
         (Err(p), _) | (_, Err(p)) => return reject(api, &run, status, "InvalidWorkflow", dag::summarize(&p), ctx).await,
     };
     let observed = observe(ctx, &run).await?;
     let plan = planner::plan(&planner::Input {
         run_name: &name,
+        namespace: &ns,
+        params: &values,
         generation: run.metadata.generation.unwrap_or_default(),
         spec: &run.spec,
         status: &status,
@@ -467,19 +470,8 @@ fn record_progress(before: &WorkflowInstanceStatus, after: &WorkflowInstanceStat
             metrics.task_retries.inc();
         }
         if t.phase.is_finished() && t.phase != old_phase {
-            metrics.task_completions.get_or_create(&PhaseLabel { phase: task_phase_name(t.phase) }).inc();
+            metrics.task_completions.get_or_create(&PhaseLabel { phase: t.phase.as_str() }).inc();
         }
-    }
-}
-
-fn task_phase_name(p: TaskPhase) -> &'static str {
-    match p {
-        TaskPhase::Pending => "Pending",
-        TaskPhase::Running => "Running",
-        TaskPhase::Succeeded => "Succeeded",
-        TaskPhase::Failed => "Failed",
-        TaskPhase::Skipped => "Skipped",
-        TaskPhase::Stopped => "Stopped",
     }
 }
 
@@ -512,23 +504,32 @@ async fn carry_out(
     action: &Action,
 ) -> Result<Done, Error> {
     let ns = run.namespace().unwrap_or_default();
-    let task_spec = |task: &str| workflow.tasks.iter().find(|t| t.name == task).expect("planned tasks exist");
+    let task_spec = |key: &str| {
+        let task = naming::parse_instance_key(key).map_or(key, |(task, _)| task);
+        workflow.task(task).expect("planned tasks exist")
+    };
     let invalid = |task: &str, message: String| Done::TaskFails(Failure { task: task.to_string(), reason: "TaskFailed", message });
+    let status = run.status.clone().unwrap_or_default();
+    let scope = |key: &str| results::RunScope::of_entry(run, workflow, &status, values, key);
     match action {
-        Action::CreatePod { task, attempt } => match objects::pod(run, task_spec(task), *attempt, values, epoch) {
-            Ok(pod) => {
-                crate::failpoint!("run-create-pod");
-                create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod).await
+        Action::CreatePod { task, attempt } => {
+            match scope(task).and_then(|s| objects::pod(run, task_spec(task), task, *attempt, &s, epoch)) {
+                Ok(pod) => {
+                    crate::failpoint!("run-create-pod");
+                    create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod).await
+                }
+                Err(message) => Ok(invalid(task, message)),
             }
-            Err(message) => Ok(invalid(task, message)),
-        },
-        Action::CreateChild { task, attempt } => match objects::child(run, task_spec(task), *attempt, values, epoch) {
-            Ok(child) => {
-                crate::failpoint!("run-create-child");
-                create(ctx, run, task, &Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns), &child).await
+        }
+        Action::CreateChild { task, attempt } => {
+            match scope(task).and_then(|s| objects::child(run, task_spec(task), task, *attempt, &s, epoch)) {
+                Ok(child) => {
+                    crate::failpoint!("run-create-child");
+                    create(ctx, run, task, &Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns), &child).await
+                }
+                Err(message) => Ok(invalid(task, message)),
             }
-            Err(message) => Ok(invalid(task, message)),
-        },
+        }
         Action::DeletePod { name } => {
             // Only the pod that was observed as the run's: a namesake made
             // since is refused by the precondition (409) and left alone.

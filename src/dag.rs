@@ -1,5 +1,6 @@
 //! The workflow graph: validation that the API server cannot do at apply time
-//! (cycles, parameter references, schedules, references to other workflows),
+//! (cycles, templates and `when` expressions, generated names, schedules,
+//! references to other workflows),
 //! and the ready set that drives execution. Pure: no client, no clock.
 //!
 //! The controller and `baton validate` call the same functions, so a manifest
@@ -8,8 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use crate::api::{TaskPhase, TaskSpec, WorkflowSpec};
-use crate::{params, schedule};
+use crate::api::{TaskSpec, WorkflowSpec};
+use crate::template::{self, Ref};
+use crate::{schedule, when};
 
 /// Most cycles reported for one workflow; a dense graph has too many to list.
 const MAX_CYCLES_REPORTED: usize = 5;
@@ -55,21 +57,41 @@ pub fn is_dns_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-/// The task graph with names resolved to indices. Edges point from a task to
-/// the tasks it depends on.
+/// Where a task stands, as its dependants see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not started.
+    Pending,
+    /// Started, not finished.
+    Running,
+    /// Finished so that dependants may run: succeeded, or skipped by its
+    /// own `when` (or for want of items).
+    Satisfied,
+    /// Finished so that dependants can never run: failed, stopped, or
+    /// skipped because a dependency did not succeed.
+    Unsatisfied,
+}
+
+/// The task graph with names resolved to indices: the DAG's tasks, then the
+/// exit tasks. Edges point from a task to the tasks it depends on.
 #[derive(Debug, Clone)]
 pub struct Dag {
     names: Vec<String>,
     deps: Vec<Vec<usize>>,
+    /// Tasks at this index and after are exit tasks.
+    exits_from: usize,
 }
 
 impl Dag {
-    /// Builds the graph, or returns every structural problem: names,
-    /// duplicates, container/workflowRef, unknown or self dependencies, cycles.
-    pub fn new(tasks: &[TaskSpec]) -> Result<Dag, Vec<Problem>> {
+    /// Builds the graph of a workflow's tasks and exit tasks, or returns
+    /// every structural problem: names, duplicates, container/workflowRef,
+    /// unknown, self or cross-group dependencies, cycles.
+    pub fn new(spec: &WorkflowSpec) -> Result<Dag, Vec<Problem>> {
+        let tasks: Vec<&TaskSpec> = spec.all_tasks().collect();
+        let exits_from = spec.tasks.len();
         let mut problems = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(tasks.len());
-        if tasks.is_empty() {
+        if spec.tasks.is_empty() {
             problems.push(Problem::workflow("the workflow has no tasks"));
         }
         for (i, task) in tasks.iter().enumerate() {
@@ -80,7 +102,12 @@ impl Dag {
                 ));
             }
             if index.insert(task.name.as_str(), i).is_some() {
-                problems.push(Problem::task(&task.name, "duplicate task name"));
+                problems.push(Problem::task(&task.name, "duplicate task name (names are unique across tasks and onExit)"));
+            }
+            if task.with_items.is_some() && task.with_param.is_some() {
+                // Not a CEL rule: withItems holds values of any type, which
+                // CEL on the API server cannot see.
+                problems.push(Problem::task(&task.name, "has both withItems and withParam; give at most one"));
             }
             match (&task.container, &task.workflow_ref) {
                 (Some(_), Some(_)) => problems.push(Problem::task(&task.name, "has both container and workflowRef; give exactly one")),
@@ -89,7 +116,7 @@ impl Dag {
             }
         }
         let mut deps = Vec::with_capacity(tasks.len());
-        for task in tasks {
+        for (i, task) in tasks.iter().enumerate() {
             let mut resolved = Vec::with_capacity(task.depends_on.len());
             let mut seen = BTreeSet::new();
             for dep in &task.depends_on {
@@ -98,14 +125,24 @@ impl Dag {
                 } else if *dep == task.name {
                     problems.push(Problem::task(&task.name, "depends on itself"));
                 } else if let Some(&j) = index.get(dep.as_str()) {
-                    resolved.push(j);
+                    match (i >= exits_from, j >= exits_from) {
+                        (true, false) => problems.push(Problem::task(
+                            &task.name,
+                            format!("is an exit task and depends on {dep:?}, a task of the DAG; exit tasks run after the whole DAG and depend only on each other"),
+                        )),
+                        (false, true) => problems.push(Problem::task(
+                            &task.name,
+                            format!("depends on {dep:?}, an exit task; exit tasks run after the DAG, so nothing in it can wait for one"),
+                        )),
+                        _ => resolved.push(j),
+                    }
                 } else {
                     problems.push(Problem::task(&task.name, format!("depends on {dep:?}, which is not a task of this workflow")));
                 }
             }
             deps.push(resolved);
         }
-        let dag = Dag { names: tasks.iter().map(|t| t.name.clone()).collect(), deps };
+        let dag = Dag { names: tasks.iter().map(|t| t.name.clone()).collect(), deps, exits_from };
         for cycle in dag.cycles() {
             let path: Vec<&str> = cycle.iter().map(|&i| dag.names[i].as_str()).collect();
             problems.push(Problem::workflow(format!(
@@ -131,6 +168,29 @@ impl Dag {
 
     pub fn deps(&self, task: usize) -> &[usize] {
         &self.deps[task]
+    }
+
+    /// Whether task `task` is an exit task.
+    pub fn is_exit(&self, task: usize) -> bool {
+        task >= self.exits_from
+    }
+
+    /// Indices of the DAG's tasks (not the exit tasks).
+    pub fn dag_tasks(&self) -> std::ops::Range<usize> {
+        0..self.exits_from
+    }
+
+    /// Every task that has ended before `task` may start: its dependencies,
+    /// theirs, and so on; for an exit task also every task of the DAG.
+    pub fn upstream(&self, task: usize) -> BTreeSet<usize> {
+        let mut seen: BTreeSet<usize> = if self.is_exit(task) { self.dag_tasks().collect() } else { BTreeSet::new() };
+        let mut todo = self.deps[task].clone();
+        while let Some(t) = todo.pop() {
+            if seen.insert(t) {
+                todo.extend(&self.deps[t]);
+            }
+        }
+        seen
     }
 
     /// Cycles found by one depth-first pass, each in dependency order,
@@ -175,24 +235,22 @@ impl Dag {
         found
     }
 
-    /// Tasks that may start now: Pending, with every dependency Succeeded.
-    /// `phases` is indexed like the workflow's tasks.
-    pub fn ready<'a>(&'a self, phases: &'a [TaskPhase]) -> impl Iterator<Item = usize> + 'a {
-        (0..self.len()).filter(move |&t| phases[t] == TaskPhase::Pending && self.deps[t].iter().all(|&d| phases[d] == TaskPhase::Succeeded))
+    /// Tasks whose dependencies are all satisfied while they are Pending.
+    /// `states` is indexed like the tasks.
+    pub fn ready<'a>(&'a self, states: &'a [State]) -> impl Iterator<Item = usize> + 'a {
+        (0..self.len()).filter(move |&t| states[t] == State::Pending && self.deps[t].iter().all(|&d| states[d] == State::Satisfied))
     }
 
     /// Tasks that can never start: Pending, with a dependency that ended
-    /// without success. They are to be marked Skipped.
-    pub fn blocked<'a>(&'a self, phases: &'a [TaskPhase]) -> impl Iterator<Item = usize> + 'a {
-        (0..self.len()).filter(move |&t| {
-            phases[t] == TaskPhase::Pending
-                && self.deps[t].iter().any(|&d| matches!(phases[d], TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped))
-        })
+    /// unsatisfied. They are to be skipped (reason UpstreamFailed).
+    pub fn blocked<'a>(&'a self, states: &'a [State]) -> impl Iterator<Item = usize> + 'a {
+        (0..self.len()).filter(move |&t| states[t] == State::Pending && self.deps[t].iter().any(|&d| states[d] == State::Unsatisfied))
     }
 }
 
-/// Every texts of a task that may hold `{{params.NAME}}`.
-fn templated_texts(task: &TaskSpec) -> Vec<&str> {
+/// Every text of a task that may hold templates: command, args, env
+/// values, child params, pod annotation values, withParam.
+pub(crate) fn templated_texts(task: &TaskSpec) -> Vec<&str> {
     let mut texts = Vec::new();
     if let Some(c) = &task.container {
         texts.extend(c.command.iter().flatten().map(String::as_str));
@@ -202,30 +260,35 @@ fn templated_texts(task: &TaskSpec) -> Vec<&str> {
     if let Some(r) = &task.workflow_ref {
         texts.extend(r.params.values().map(String::as_str));
     }
+    if let Some(meta) = task.pod_template.as_ref().and_then(|p| p.metadata.as_ref()) {
+        texts.extend(meta.annotations.values().map(String::as_str));
+    }
+    texts.extend(task.with_param.as_deref());
     texts
 }
 
-/// Validates a workflow definition: the graph, parameter declarations and
-/// references, and the schedule. Empty means valid.
+/// Validates a workflow definition: the graph, parameter declarations,
+/// templates, `when` expressions, fan-outs, generated names and the
+/// schedule. Empty means valid.
 pub fn validate(spec: &WorkflowSpec) -> Vec<Problem> {
-    let mut problems = Dag::new(&spec.tasks).err().unwrap_or_default();
+    let dag = Dag::new(spec);
+    let mut problems = dag.as_ref().err().cloned().unwrap_or_default();
     let mut declared = BTreeSet::new();
     for p in &spec.params {
         if !declared.insert(p.name.as_str()) {
             problems.push(Problem::workflow(format!("parameter {:?} is declared twice", p.name)));
         }
     }
-    for task in &spec.tasks {
-        let unknown: BTreeSet<&str> =
-            templated_texts(task).into_iter().flat_map(params::references).filter(|name| !declared.contains(name)).collect();
-        for name in unknown {
-            problems.push(Problem::task(
-                &task.name,
-                format!("references {{{{params.{name}}}}}, but the workflow declares no parameter {name:?}"),
-            ));
-        }
+    let index: HashMap<&str, usize> = spec.all_tasks().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    for (i, task) in spec.all_tasks().enumerate() {
+        // Upstream is only known for a sound graph; without one, references
+        // to tasks are not judged (the graph's problems come first).
+        let upstream = dag.as_ref().ok().map(|d| d.upstream(i));
+        let refs =
+            References { spec, task, is_exit: i >= spec.tasks.len(), declared: &declared, index: &index, upstream: upstream.as_ref() };
+        problems.extend(refs.check());
     }
-    problems.extend(child_name_collisions(spec));
+    problems.extend(name_collisions(spec));
     if let Some(s) = &spec.schedule {
         if let Err(e) = schedule::parse(s) {
             problems.push(Problem::workflow(e));
@@ -242,6 +305,105 @@ pub fn validate(spec: &WorkflowSpec) -> Vec<Problem> {
     problems
 }
 
+/// What one task's templates and `when` may refer to.
+struct References<'a> {
+    spec: &'a WorkflowSpec,
+    task: &'a TaskSpec,
+    is_exit: bool,
+    declared: &'a BTreeSet<&'a str>,
+    index: &'a HashMap<&'a str, usize>,
+    upstream: Option<&'a BTreeSet<usize>>,
+}
+
+impl References<'_> {
+    fn problem(&self, message: String) -> Problem {
+        Problem::task(&self.task.name, message)
+    }
+
+    /// A reference to task `other`'s result, written `what`.
+    fn task_ref(&self, other: &str, what: &str) -> Option<Problem> {
+        let Some(&j) = self.index.get(other) else {
+            return Some(self.problem(format!("{what} names {other:?}, which is not a task of this workflow")));
+        };
+        let upstream = self.upstream?;
+        (!upstream.contains(&j)).then(|| {
+            self.problem(format!(
+                "{what} reads task {other:?}, which is not upstream of it: add {other:?} to dependsOn (directly or through another task)"
+            ))
+        })
+    }
+
+    fn param_ref(&self, name: &str, what: &str) -> Option<Problem> {
+        (!self.declared.contains(name)).then(|| self.problem(format!("{what}, but the workflow declares no parameter {name:?}")))
+    }
+
+    fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut seen = BTreeSet::new();
+        for text in templated_texts(self.task) {
+            let in_with_param = self.task.with_param.as_deref() == Some(text);
+            for r in template::references(text) {
+                // One line per distinct mistake, however often it is repeated.
+                if !seen.insert((r, in_with_param)) {
+                    continue;
+                }
+                problems.extend(self.template_ref(r, in_with_param));
+            }
+        }
+        if let Some(source) = &self.task.when {
+            problems.extend(self.when(source));
+        }
+        problems
+    }
+
+    fn template_ref(&self, r: Ref<'_>, in_with_param: bool) -> Option<Problem> {
+        match r {
+            Ref::Param(name) => self.param_ref(name, &format!("references {{{{params.{name}}}}}")),
+            Ref::Result(task) => self.task_ref(task, &format!("{{{{tasks.{task}.outputs.result}}}}")),
+            Ref::Results(task) => self.task_ref(task, &format!("{{{{tasks.{task}.outputs.results}}}}")).or_else(|| {
+                let fans_out = self.spec.task(task).is_some_and(TaskSpec::fans_out);
+                (!fans_out).then(|| {
+                    self.problem(format!(
+                        "{{{{tasks.{task}.outputs.results}}}}: task {task:?} has no withItems or withParam; use {{{{tasks.{task}.outputs.result}}}}"
+                    ))
+                })
+            }),
+            Ref::Item(_) if in_with_param => Some(self.problem("withParam cannot use {{item}}: the items are what it yields".into())),
+            Ref::Item(_) if !self.task.fans_out() => {
+                Some(self.problem("uses {{item}}, but has no withItems or withParam".into()))
+            }
+            Ref::Item(Some(field)) => self.task.with_items.as_ref().and_then(|items| {
+                let missing = items.iter().position(|item| item.get(field).is_none() || !item.is_object())?;
+                Some(self.problem(format!("uses {{{{item.{field}}}}}, but item {missing} of withItems has no field {field:?}")))
+            }),
+            Ref::Item(None) => None,
+            Ref::Run("phase") if !self.is_exit => Some(self.problem(
+                "{{run.phase}} is only defined in exit tasks (onExit), where it is the DAG's outcome".into(),
+            )),
+            Ref::Run(_) => None,
+            Ref::Malformed(expr) => Some(self.problem(format!(
+                "{{{{{expr}}}}} is not a template baton knows; use params.NAME, tasks.T.outputs.result, tasks.T.outputs.results, item, item.FIELD, run.name, run.namespace or run.phase"
+            ))),
+        }
+    }
+
+    fn when(&self, source: &str) -> Vec<Problem> {
+        let when = match when::parse(source) {
+            Ok(w) => w,
+            Err(e) => return vec![self.problem(format!("when does not parse: {e}"))],
+        };
+        let refs = when.refs();
+        let mut problems = Vec::new();
+        if let when::TaskRefs::Names(names) = &refs.tasks {
+            problems.extend(names.iter().filter_map(|t| self.task_ref(t, &format!("when (tasks.{t})"))));
+        }
+        if refs.item && !self.task.fans_out() {
+            problems.push(self.problem("when uses item, but the task has no withItems or withParam".into()));
+        }
+        problems.extend(refs.params.iter().filter_map(|p| self.param_ref(p, &format!("when reads params.{p}"))));
+        problems
+    }
+}
 /// The parameter values of a run: what it supplies, else the defaults.
 /// Every declared parameter needs a value; supplying an undeclared one is an
 /// error too (most likely a typo).
@@ -293,23 +455,40 @@ where
     None
 }
 
-/// Child runs are named `<run>-<task>`, and `<run>-<task>-<n>` for attempt
-/// n: a workflowRef task named like another's retry (`load` and `load-1`)
-/// would make two children share a name. Pod names cannot collide within a
-/// run (they always end in the attempt number).
-fn child_name_collisions(spec: &WorkflowSpec) -> Vec<Problem> {
-    let children: BTreeSet<&str> = spec.tasks.iter().filter(|t| t.workflow_ref.is_some()).map(|t| t.name.as_str()).collect();
+/// Whether `s` is a number as baton writes one (no leading zero).
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
+}
+
+/// Generated names that two tasks could share. Pods are named
+/// `<run>-<task>-<attempt>`, child runs `<run>-<task>` and
+/// `<run>-<task>-<attempt>`, and an instance of a fanned-out task puts
+/// `<task>-<index>` where a task's name goes. So a task named like another
+/// one's retry (`load` and `load-1`, both workflowRef), or like an instance
+/// of a fanned-out task (`process` and `process-3` or `process-3-1`),
+/// would make two objects share a name.
+fn name_collisions(spec: &WorkflowSpec) -> Vec<Problem> {
+    let tasks: BTreeMap<&str, &TaskSpec> = spec.all_tasks().map(|t| (t.name.as_str(), t)).collect();
     let mut problems = Vec::new();
-    for name in &children {
-        let Some((base, attempt)) = name.rsplit_once('-') else { continue };
-        let is_attempt = !attempt.is_empty() && attempt.bytes().all(|b| b.is_ascii_digit()) && !attempt.starts_with('0');
-        if is_attempt && children.contains(base) {
-            problems.push(Problem::task(
-                name,
+    for (name, task) in &tasks {
+        let mut base = *name;
+        while let Some((head, _)) = base.rsplit_once('-') {
+            base = head;
+            let (Some(other), Some(suffix)) = (tasks.get(base), name.strip_prefix(base).and_then(|s| s.strip_prefix('-'))) else {
+                continue;
+            };
+            let parts: Vec<&str> = suffix.split('-').collect();
+            let numbers = parts.iter().all(|p| is_number(p));
+            let problem = if other.fans_out() && numbers && parts.len() <= 2 {
                 format!(
-                    "its child run would have the same name as the child run of attempt {attempt} of task {base:?}; rename one of them"
-                ),
-            ));
+                    "its pods or child runs could have the names of the objects of an instance of task {base:?}, which fans out; rename one of them"
+                )
+            } else if other.workflow_ref.is_some() && task.workflow_ref.is_some() && numbers && parts.len() == 1 && suffix != "0" {
+                format!("its child run would have the same name as the child run of attempt {suffix} of task {base:?}; rename one of them")
+            } else {
+                continue;
+            };
+            problems.push(Problem::task(name, problem));
         }
     }
     problems
@@ -318,7 +497,7 @@ fn child_name_collisions(spec: &WorkflowSpec) -> Vec<Problem> {
 /// The workflows a spec's tasks refer to, in task order, without repeats.
 pub fn referenced_workflows(spec: &WorkflowSpec) -> Vec<String> {
     let mut seen = BTreeSet::new();
-    spec.tasks.iter().filter_map(|t| t.workflow_ref.as_ref()).filter(|r| seen.insert(r.name.clone())).map(|r| r.name.clone()).collect()
+    spec.all_tasks().filter_map(|t| t.workflow_ref.as_ref()).filter(|r| seen.insert(r.name.clone())).map(|r| r.name.clone()).collect()
 }
 
 #[cfg(test)]
@@ -350,17 +529,17 @@ mod tests {
         let tasks =
             vec![container_task("a", &[]), container_task("b", &["a"]), container_task("c", &["a"]), container_task("d", &["b", "c"])];
         assert!(validate(&spec(tasks.clone())).is_empty());
-        let dag = Dag::new(&tasks).unwrap();
-        use TaskPhase::*;
-        let mut phases = vec![Pending; 4];
-        assert_eq!(dag.ready(&phases).collect::<Vec<_>>(), [0]);
-        phases[0] = Succeeded;
-        assert_eq!(dag.ready(&phases).collect::<Vec<_>>(), [1, 2]);
-        phases[1] = Succeeded;
-        phases[2] = Running;
-        assert_eq!(dag.ready(&phases).count(), 0);
-        phases[2] = Failed;
-        assert_eq!(dag.blocked(&phases).collect::<Vec<_>>(), [3]);
+        let dag = Dag::new(&spec(tasks)).unwrap();
+        use State::*;
+        let mut states = vec![Pending; 4];
+        assert_eq!(dag.ready(&states).collect::<Vec<_>>(), [0]);
+        states[0] = Satisfied;
+        assert_eq!(dag.ready(&states).collect::<Vec<_>>(), [1, 2]);
+        states[1] = Satisfied;
+        states[2] = Running;
+        assert_eq!(dag.ready(&states).count(), 0);
+        states[2] = Unsatisfied;
+        assert_eq!(dag.blocked(&states).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
@@ -383,7 +562,7 @@ mod tests {
     #[test]
     fn duplicate_and_malformed_names() {
         let m = messages(&spec(vec![container_task("a", &[]), container_task("a", &[]), container_task("Bad_Name", &[])]));
-        assert!(m.contains(&"task \"a\": duplicate task name".to_string()), "{m:?}");
+        assert!(m.contains(&"task \"a\": duplicate task name (names are unique across tasks and onExit)".to_string()), "{m:?}");
         assert!(m.iter().any(|l| l.starts_with("task \"Bad_Name\": name must be a DNS label")), "{m:?}");
     }
 
@@ -418,7 +597,7 @@ mod tests {
         s.params = vec![ParamSpec { name: "date".into(), default: Some("x".into()), ..Default::default() }];
         let m = messages(&s);
         assert_eq!(m.len(), 4, "{m:?}");
-        assert!(m[0].contains("{{params.alsonope}}") && m[0].starts_with("task \"t\""), "{m:?}");
+        assert!(m[1].contains("{{params.alsonope}}") && m[1].starts_with("task \"t\""), "{m:?}");
         assert!(m.iter().any(|l| l.contains("{{params.childnope}}")), "{m:?}");
     }
 
@@ -530,6 +709,79 @@ mod tests {
         }
     }
 
+    fn commanded(name: &str, deps: &[&str], command: &str) -> TaskSpec {
+        let mut t = container_task(name, deps);
+        t.container.as_mut().unwrap().command = Some(vec![command.into()]);
+        t
+    }
+
+    /// Every new kind of mistake in data and control flow, one line each.
+    #[test]
+    fn flow_mistakes_are_one_line_each() {
+        let mut when_bad = container_task("w", &["a"]);
+        when_bad.when = Some("tasks.a.outputs.result ==".into());
+        let mut when_far = container_task("w2", &["a"]);
+        when_far.when = Some("tasks.b.outputs.result == 'x'".into());
+        let mut items_field = commanded("f", &[], "echo {{item.region}}");
+        items_field.with_items = Some(vec![serde_json::json!({"region": "eu"}), serde_json::json!({"zone": "b"})]);
+        let mut both_exit = container_task("e2", &["a"]);
+        both_exit.name = "e2".into();
+        let s = WorkflowSpec {
+            tasks: vec![
+                container_task("a", &[]),
+                commanded("b", &["a"], "echo {{tasks.c.outputs.result}}"),
+                commanded("c", &[], "echo {{tasks.a.outputs.results}} {{item}} {{run.phase}} {{tasks.a.output}}"),
+                when_bad,
+                when_far,
+                items_field,
+            ],
+            on_exit: vec![commanded("e1", &[], "echo {{run.phase}} {{tasks.b.outputs.result}}"), both_exit],
+            ..Default::default()
+        };
+        let m = messages(&s);
+        let expect = [
+            "task \"e2\": is an exit task and depends on \"a\", a task of the DAG; exit tasks run after the whole DAG and depend only on each other",
+            "task \"c\": {{tasks.a.outputs.results}}: task \"a\" has no withItems or withParam; use {{tasks.a.outputs.result}}",
+            "task \"c\": uses {{item}}, but has no withItems or withParam",
+            "task \"c\": {{run.phase}} is only defined in exit tasks (onExit), where it is the DAG's outcome",
+            "task \"c\": {{tasks.a.output}} is not a template baton knows; use params.NAME, tasks.T.outputs.result, tasks.T.outputs.results, item, item.FIELD, run.name, run.namespace or run.phase",
+            "task \"f\": uses {{item.region}}, but item 1 of withItems has no field \"region\"",
+        ];
+        for e in expect {
+            assert!(m.contains(&e.to_string()), "missing {e:?} in {m:#?}");
+        }
+        // With the graph sound again, upstream is judged too.
+        let mut s2 = s.clone();
+        s2.on_exit.pop();
+        let m = messages(&s2);
+        for e in [
+            "task \"b\": {{tasks.c.outputs.result}} reads task \"c\", which is not upstream of it: add \"c\" to dependsOn (directly or through another task)",
+            "task \"w2\": when (tasks.b) reads task \"b\", which is not upstream of it: add \"b\" to dependsOn (directly or through another task)",
+            "task \"c\": {{tasks.a.outputs.results}} reads task \"a\", which is not upstream of it: add \"a\" to dependsOn (directly or through another task)",
+        ] {
+            assert!(m.contains(&e.to_string()), "missing {e:?} in {m:#?}");
+        }
+        assert!(m.iter().any(|l| l.starts_with("task \"w\": when does not parse: ")), "{m:#?}");
+        assert!(!m.iter().any(|l| l.starts_with("task \"e1\"")), "exit tasks read every DAG task and run.phase: {m:#?}");
+    }
+
+    #[test]
+    fn fanned_out_instance_names_cannot_collide() {
+        let mut p = container_task("process", &[]);
+        p.with_items = Some(vec![1.into()]);
+        let m = messages(&spec(vec![
+            p.clone(),
+            container_task("process-3", &[]),
+            container_task("process-3-1", &[]),
+            container_task("process-x", &[]),
+        ]));
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m.iter().all(|l| l.contains("an instance of task \"process\", which fans out")), "{m:?}");
+        let mut exit = WorkflowSpec { tasks: vec![p], ..Default::default() };
+        exit.on_exit = vec![container_task("process-0", &[])];
+        assert_eq!(messages(&exit).len(), 1, "exit tasks share the names");
+    }
+
     /// A random DAG: task i may depend only on tasks with a smaller index.
     fn random_dag() -> impl Strategy<Value = Vec<TaskSpec>> {
         (1usize..40).prop_flat_map(|n| {
@@ -553,14 +805,14 @@ mod tests {
         /// Whatever finished, the ready set never holds a task with an
         /// unfinished (or unsuccessful) dependency.
         #[test]
-        fn ready_tasks_have_succeeded_dependencies(tasks in random_dag(), seed in proptest::collection::vec(0u8..6, 40)) {
-            let dag = Dag::new(&tasks).unwrap();
-            let all = [TaskPhase::Pending, TaskPhase::Running, TaskPhase::Succeeded, TaskPhase::Failed, TaskPhase::Skipped, TaskPhase::Stopped];
-            let phases: Vec<TaskPhase> = (0..dag.len()).map(|i| all[seed[i] as usize]).collect();
-            for t in dag.ready(&phases) {
-                prop_assert_eq!(phases[t], TaskPhase::Pending);
+        fn ready_tasks_have_satisfied_dependencies(tasks in random_dag(), seed in proptest::collection::vec(0u8..4, 40)) {
+            let dag = Dag::new(&spec(tasks)).unwrap();
+            let all = [State::Pending, State::Running, State::Satisfied, State::Unsatisfied];
+            let states: Vec<State> = (0..dag.len()).map(|i| all[seed[i] as usize]).collect();
+            for t in dag.ready(&states) {
+                prop_assert_eq!(states[t], State::Pending);
                 for &d in dag.deps(t) {
-                    prop_assert_eq!(phases[d], TaskPhase::Succeeded);
+                    prop_assert_eq!(states[d], State::Satisfied);
                 }
             }
         }
@@ -572,14 +824,14 @@ mod tests {
         fn every_task_becomes_ready(mut tasks in random_dag(), rotate in 0usize..40) {
             let n = tasks.len();
             tasks.rotate_left(rotate % n);
-            let dag = Dag::new(&tasks).unwrap();
-            let mut phases = vec![TaskPhase::Pending; n];
+            let dag = Dag::new(&spec(tasks)).unwrap();
+            let mut states = vec![State::Pending; n];
             for _ in 0..=n {
-                let wave: Vec<usize> = dag.ready(&phases).collect();
+                let wave: Vec<usize> = dag.ready(&states).collect();
                 if wave.is_empty() { break; }
-                for t in wave { phases[t] = TaskPhase::Succeeded; }
+                for t in wave { states[t] = State::Satisfied; }
             }
-            prop_assert!(phases.iter().all(|p| *p == TaskPhase::Succeeded));
+            prop_assert!(states.iter().all(|p| *p == State::Satisfied));
         }
 
         /// Adding a back edge to a chain always yields a cycle report.
@@ -593,7 +845,7 @@ mod tests {
             }).collect();
             tasks[from].depends_on.push(format!("t{}", n - 1));
             tasks[from].depends_on.dedup();
-            let problems = Dag::new(&tasks).unwrap_err();
+            let problems = Dag::new(&spec(tasks)).unwrap_err();
             prop_assert!(problems.iter().any(|p| p.message.starts_with("dependency cycle") || p.message == "depends on itself"));
         }
     }

@@ -17,11 +17,12 @@ pub mod metrics;
 pub mod naming;
 pub mod objects;
 pub mod ownership;
-pub mod params;
 pub mod planner;
 pub mod schedule;
 pub mod scheduler;
+pub mod template;
 pub mod webhook;
+pub mod when;
 
 /// A failpoint named `$name` (the `fail` crate, as TiKV uses it):
 /// configured at run time through `PUT /failpoints/<name>` on the metrics

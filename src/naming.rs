@@ -21,6 +21,29 @@ pub fn child(run: &str, task: &str, attempt: i32) -> String {
     }
 }
 
+/// Name of one instance of a fanned-out task in `status.tasks`:
+/// `<task>(<index>)`. Task names are DNS labels, so it is never a task's.
+pub fn instance_key(task: &str, index: usize) -> String {
+    format!("{task}({index})")
+}
+
+/// The task and index of an instance key; None for a task's own name.
+pub fn parse_instance_key(key: &str) -> Option<(&str, usize)> {
+    let (task, rest) = key.split_once('(')?;
+    let index = rest.strip_suffix(')')?;
+    (index.bytes().all(|b| b.is_ascii_digit()) && !index.is_empty()).then_some(())?;
+    Some((task, index.parse().ok()?))
+}
+
+/// What stands for the task in the pod and child names of an entry of
+/// `status.tasks`: the task's name, or `<task>-<index>` for an instance.
+pub fn object_part(key: &str) -> String {
+    match parse_instance_key(key) {
+        Some((task, index)) => format!("{task}-{index}"),
+        None => key.to_string(),
+    }
+}
+
 /// Run started by a schedule tick: `<workflow>-<unix seconds of the tick>`.
 pub fn scheduled(workflow: &str, tick_unix_seconds: i64) -> String {
     shorten(format!("{workflow}-{tick_unix_seconds}"))
@@ -53,6 +76,18 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_keys_round_trip_and_name_objects() {
+        assert_eq!(instance_key("process", 12), "process(12)");
+        assert_eq!(parse_instance_key("process(12)"), Some(("process", 12)));
+        assert_eq!(parse_instance_key("process"), None);
+        assert_eq!(parse_instance_key("process()"), None);
+        assert_eq!(parse_instance_key("process(1x)"), None);
+        assert_eq!(object_part("process(12)"), "process-12");
+        assert_eq!(object_part("load"), "load");
+        assert_eq!(pod("r", &object_part("process(3)"), 1), "r-process-3-1");
+    }
 
     #[test]
     fn fixed_shapes() {

@@ -8,11 +8,14 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{TaskSpec, WorkflowInstance, WorkflowInstanceSpec, WorkflowRef};
-use crate::{naming, params};
+use crate::naming;
+use crate::template::{self, Scope};
 
 pub const LABEL_INSTANCE: &str = "baton.dev/instance";
 pub const LABEL_TASK: &str = "baton.dev/task";
 pub const LABEL_ATTEMPT: &str = "baton.dev/attempt";
+/// On the pods and child runs of one instance of a fanned-out task: its index.
+pub const LABEL_ITEM: &str = "baton.dev/item";
 pub const LABEL_PARENT: &str = "baton.dev/parent";
 /// On runs a schedule started: the Workflow whose schedule it was.
 pub const LABEL_SCHEDULED_BY: &str = "baton.dev/scheduled-by";
@@ -77,41 +80,57 @@ pub fn depth(run: &WorkflowInstance) -> u32 {
     run.annotations().get(ANNOTATION_DEPTH).and_then(|d| d.parse().ok()).unwrap_or(0)
 }
 
-fn substitute_all(texts: &mut Option<Vec<String>>, values: &BTreeMap<String, String>) -> Result<(), String> {
+fn substitute_all(texts: &mut Option<Vec<String>>, scope: &dyn Scope) -> Result<(), String> {
     for text in texts.iter_mut().flatten() {
-        *text = params::substitute(text, values)?;
+        *text = template::substitute(text, scope)?;
     }
     Ok(())
 }
 
-/// The container with `{{params.NAME}}` substituted in command, args and env.
-fn container(template: &Container, values: &BTreeMap<String, String>) -> Result<Container, String> {
-    let mut c = template.clone();
-    substitute_all(&mut c.command, values)?;
-    substitute_all(&mut c.args, values)?;
+/// The container with templates substituted in command, args and env, and
+/// a failed container's log as its termination message unless the task
+/// chose a policy.
+fn container(spec: &Container, scope: &dyn Scope) -> Result<Container, String> {
+    let mut c = spec.clone();
+    substitute_all(&mut c.command, scope)?;
+    substitute_all(&mut c.args, scope)?;
     for env in c.env.iter_mut().flatten() {
         if let Some(v) = &env.value {
-            env.value = Some(params::substitute(v, values)?);
+            env.value = Some(template::substitute(v, scope)?);
         }
     }
+    c.termination_message_policy.get_or_insert_with(|| "FallbackToLogsOnError".into());
     Ok(c)
 }
 
-/// The pod of `attempt` of container task `task`.
-pub fn pod(run: &WorkflowInstance, task: &TaskSpec, attempt: i32, values: &BTreeMap<String, String>, epoch: i64) -> Result<Pod, String> {
+/// Labels that say which task (and which instance of it) an object is for.
+fn task_labels(key: &str, task: &TaskSpec, attempt: i32) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> =
+        [(LABEL_TASK.to_string(), task.name.clone()), (LABEL_ATTEMPT.to_string(), attempt.to_string())].into();
+    if let Some((_, index)) = naming::parse_instance_key(key) {
+        labels.insert(LABEL_ITEM.into(), index.to_string());
+    }
+    labels
+}
+
+/// The pod of `attempt` of the entry `key` of `status.tasks` (container
+/// task `task`, or one instance of it).
+pub fn pod(run: &WorkflowInstance, task: &TaskSpec, key: &str, attempt: i32, scope: &dyn Scope, epoch: i64) -> Result<Pod, String> {
     let run_name = run.metadata.name.as_deref().unwrap_or_default();
     let template = task.pod_template.clone().unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels;
     labels.insert(LABEL_INSTANCE.into(), naming::label_value(run_name));
-    labels.insert(LABEL_TASK.into(), task.name.clone());
-    labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    labels.extend(task_labels(key, task, attempt));
     let mut annotations = meta.annotations;
+    for value in annotations.values_mut() {
+        *value = template::substitute(value, scope)?;
+    }
     annotations.insert(ANNOTATION_OWNER_EPOCH.into(), epoch.to_string());
-    let main = container(task.container.as_ref().ok_or("task has no container")?, values)?;
+    let main = container(task.container.as_ref().ok_or("task has no container")?, scope)?;
     Ok(Pod {
         metadata: ObjectMeta {
-            name: Some(naming::pod(run_name, &task.name, attempt)),
+            name: Some(naming::pod(run_name, &naming::object_part(key), attempt)),
             namespace: run.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: Some(annotations),
@@ -133,12 +152,14 @@ pub fn pod(run: &WorkflowInstance, task: &TaskSpec, attempt: i32, values: &BTree
     })
 }
 
-/// The child run of `attempt` of workflowRef task `task`.
+/// The child run of `attempt` of the entry `key` of `status.tasks`
+/// (workflowRef task `task`, or one instance of it).
 pub fn child(
     run: &WorkflowInstance,
     task: &TaskSpec,
+    key: &str,
     attempt: i32,
-    values: &BTreeMap<String, String>,
+    scope: &dyn Scope,
     epoch: i64,
 ) -> Result<WorkflowInstance, String> {
     let run_name = run.metadata.name.as_deref().unwrap_or_default();
@@ -147,9 +168,10 @@ pub fn child(
     if depth > MAX_DEPTH {
         return Err(format!("sub-workflows nest deeper than {MAX_DEPTH} levels"));
     }
-    let child_params = target.params.iter().map(|(k, v)| Ok((k.clone(), params::substitute(v, values)?))).collect::<Result<_, String>>()?;
+    let child_params =
+        target.params.iter().map(|(k, v)| Ok((k.clone(), template::substitute(v, scope)?))).collect::<Result<_, String>>()?;
     let mut child = WorkflowInstance::new(
-        &naming::child(run_name, &task.name, attempt),
+        &naming::child(run_name, &naming::object_part(key), attempt),
         WorkflowInstanceSpec {
             workflow_ref: WorkflowRef { name: target.name.clone() },
             params: child_params,
@@ -158,14 +180,9 @@ pub fn child(
         },
     );
     child.metadata.namespace = run.metadata.namespace.clone();
-    child.metadata.labels = Some(
-        [
-            (LABEL_PARENT.to_string(), naming::label_value(run_name)),
-            (LABEL_TASK.to_string(), task.name.clone()),
-            (LABEL_ATTEMPT.to_string(), attempt.to_string()),
-        ]
-        .into(),
-    );
+    let mut labels = task_labels(key, task, attempt);
+    labels.insert(LABEL_PARENT.to_string(), naming::label_value(run_name));
+    child.metadata.labels = Some(labels);
     let mut annotations: BTreeMap<String, String> = [
         (ANNOTATION_OWNER_EPOCH.to_string(), epoch.to_string()),
         (ANNOTATION_DEPTH.to_string(), depth.to_string()),
@@ -216,6 +233,36 @@ mod tests {
         [("date".to_string(), "2026-01-01".to_string())].into()
     }
 
+    fn scope(params: &BTreeMap<String, String>) -> crate::planner::results::RunScope<'_, impl Fn(&str) -> Option<String>> {
+        crate::planner::results::RunScope {
+            run_name: "etl-1",
+            namespace: "data",
+            params,
+            result: |_: &str| None,
+            item: None,
+            phase: crate::api::RunPhase::Running,
+        }
+    }
+
+    #[test]
+    fn instance_objects_carry_the_index_and_the_item() {
+        let task = TaskSpec {
+            name: "process".into(),
+            with_items: Some(vec![serde_json::json!({"region": "eu"})]),
+            container: Some(Container { name: "main".into(), args: Some(vec!["{{item.region}}".into()]), ..Default::default() }),
+            ..Default::default()
+        };
+        let params = values();
+        let mut s = scope(&params);
+        s.item = Some(serde_json::json!({"region": "eu"}));
+        let p = pod(&run(None), &task, "process(12)", 0, &s, 1).unwrap();
+        assert_eq!(p.metadata.name.as_deref(), Some("etl-1-process-12-0"));
+        assert_eq!(p.metadata.labels.as_ref().unwrap()[LABEL_ITEM], "12");
+        let c = &p.spec.unwrap().containers[0];
+        assert_eq!(c.args.as_ref().unwrap()[0], "eu");
+        assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"), "set unless the task sets one");
+    }
+
     #[test]
     fn pod_has_fixed_name_labels_owner_and_params() {
         let task = TaskSpec {
@@ -235,7 +282,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let p = pod(&run(None), &task, 1, &values(), 7).unwrap();
+        let p = pod(&run(None), &task, &task.name, 1, &scope(&values()), 7).unwrap();
         assert_eq!(p.metadata.name.as_deref(), Some("etl-1-extract-1"));
         let labels = p.metadata.labels.unwrap();
         assert_eq!(labels[LABEL_INSTANCE], "etl-1");
@@ -259,13 +306,13 @@ mod tests {
             workflow_ref: Some(TaskWorkflowRef { name: "wh".into(), params: [("day".to_string(), "{{params.date}}".to_string())].into() }),
             ..Default::default()
         };
-        let c = child(&run(Some("3")), &task, 0, &values(), 2).unwrap();
+        let c = child(&run(Some("3")), &task, &task.name, 0, &scope(&values()), 2).unwrap();
         assert_eq!(c.metadata.name.as_deref(), Some("etl-1-load"));
         assert_eq!(c.spec.params["day"], "2026-01-01");
         assert_eq!(c.metadata.labels.as_ref().unwrap()[LABEL_PARENT], "etl-1");
         assert_eq!(depth(&c), 4);
-        assert_eq!(child(&run(None), &task, 2, &values(), 2).unwrap().metadata.name.as_deref(), Some("etl-1-load-2"));
-        let err = child(&run(Some("8")), &task, 0, &values(), 2).unwrap_err();
+        assert_eq!(child(&run(None), &task, &task.name, 2, &scope(&values()), 2).unwrap().metadata.name.as_deref(), Some("etl-1-load-2"));
+        let err = child(&run(Some("8")), &task, &task.name, 0, &scope(&values()), 2).unwrap_err();
         assert!(err.contains("deeper than 8"), "{err}");
         assert_eq!(c.metadata.annotations.as_ref().unwrap()[ANNOTATION_PARENT_SUSPEND], "false", "records what it passed on");
     }
@@ -274,7 +321,7 @@ mod tests {
     fn only_the_controller_uid_makes_an_object_ours() {
         let parent = run(None);
         let task = TaskSpec { name: "t".into(), container: Some(Container::default()), ..Default::default() };
-        let p = pod(&parent, &task, 0, &values(), 1).unwrap();
+        let p = pod(&parent, &task, &task.name, 0, &scope(&values()), 1).unwrap();
         assert_eq!(belongs(&p.metadata, "WorkflowInstance", "etl-1", "uid-1"), Belongs::Ours);
         assert!(controlled_by(&p.metadata, "uid-1"));
         assert!(!controlled_by(&p.metadata, "uid-2"));

@@ -1,10 +1,21 @@
 //! The executor's decisions, as one pure function: from a run's spec,
 //! status and the pods and child runs that exist, compute the next status
-//! (which records every intent) and the API calls that carry it out.
+//! (which records every intent and every decision) and the API calls that
+//! carry it out.
 //!
 //! Actions are derived from the *new status* and what exists, never from
 //! memory: a new owner that finds the status and the objects computes the
 //! same actions, which is how intents recorded before a crash get completed.
+//! Decisions that read data (a `when`, a fan-out's items, a result) are
+//! recorded in the same status write as the intents they lead to, so a new
+//! owner never decides again, differently.
+//!
+//! One step is a pipeline of small steps, each in its own file:
+//! [`observe`] (pods and children into task outcomes and results),
+//! [`requests`] (shutdown, suspend, retryFailed), [`rules`] (deadline,
+//! failFast, skipping what cannot run), [`fanout`] (instances of a task),
+//! [`ready`] (`when` and starting what may start), [`exit`] (the DAG's
+//! outcome, exit tasks, the run's end) and [`actions`] (the API calls).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,9 +23,22 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::api::{CONDITION_CLEANED_UP, RunPhase, TaskPhase, TaskStatus, WorkflowInstanceSpec, WorkflowInstanceStatus, WorkflowSpec};
-use crate::dag::Dag;
+use crate::api::{
+    CONDITION_CLEANED_UP, RunPhase, TaskPhase, TaskSpec, TaskStatus, WorkflowInstanceSpec, WorkflowInstanceStatus, WorkflowSpec,
+};
+use crate::dag::{Dag, State};
 use crate::naming;
+
+mod actions;
+mod exit;
+mod fanout;
+mod observe;
+mod ready;
+mod requests;
+pub mod results;
+mod rules;
+
+pub use actions::actions;
 
 /// State of a task pod as the kubelet reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +60,9 @@ pub struct ObservedPod {
     pub exit_code: Option<i32>,
     /// Why it failed, when it did.
     pub reason: Option<String>,
+    /// Its container's termination message: the result when it succeeded,
+    /// the end of its log when it failed.
+    pub message: Option<String>,
     pub deleting: bool,
 }
 
@@ -143,6 +170,9 @@ pub struct Plan {
 /// Everything the planner reads.
 pub struct Input<'a> {
     pub run_name: &'a str,
+    pub namespace: &'a str,
+    /// The run's parameter values (declared defaults applied).
+    pub params: &'a BTreeMap<String, String>,
     pub generation: i64,
     pub spec: &'a WorkflowInstanceSpec,
     pub status: &'a WorkflowInstanceStatus,
@@ -160,32 +190,117 @@ fn after(t: &Time, seconds: i64) -> Timestamp {
     t.0.saturating_add(SignedDuration::from_secs(seconds)).unwrap_or(Timestamp::MAX)
 }
 
-/// How a running task's pod or child run ended.
+/// How a running unit's pod or child run ended.
 enum Outcome {
     Succeeded(Option<i32>),
     Failed(String),
     Stopped(String),
 }
 
+/// Reasons in `status.tasks[].reason`.
+pub const REASON_WHEN_FALSE: &str = "WhenFalse";
+pub const REASON_NO_ITEMS: &str = "NoItems";
+pub const REASON_UPSTREAM_FAILED: &str = "UpstreamFailed";
+pub const REASON_TERMINATED: &str = "Terminated";
+
+/// Where an entry of `status.tasks` stands, as dependants see it.
+pub fn state(t: &TaskStatus) -> State {
+    match t.phase {
+        TaskPhase::Pending => State::Pending,
+        TaskPhase::Running => State::Running,
+        TaskPhase::Succeeded => State::Satisfied,
+        TaskPhase::Skipped if matches!(t.reason.as_deref(), Some(REASON_WHEN_FALSE | REASON_NO_ITEMS)) => State::Satisfied,
+        _ => State::Unsatisfied,
+    }
+}
+
+/// One task of the workflow in the status being built: its own entry and,
+/// when it fans out, the entries of its instances in index order.
+#[derive(Debug, Clone)]
+struct Node {
+    entry: TaskStatus,
+    instances: Vec<TaskStatus>,
+}
+
+/// What runs: a task that does not fan out, or one instance of one that
+/// does. `task` indexes the workflow's tasks then exit tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unit {
+    task: usize,
+    instance: Option<usize>,
+}
+
 /// Working state: the status being built and the notes gathered.
 struct Step<'a> {
     input: &'a Input<'a>,
+    specs: Vec<&'a TaskSpec>,
+    nodes: Vec<Node>,
     st: WorkflowInstanceStatus,
     events: Vec<Note>,
+    /// Tasks whose results a later template or `when` reads.
+    kept: std::collections::BTreeSet<String>,
+    /// Bytes of results kept in status so far.
+    kept_bytes: usize,
+    /// A result that would have taken the kept results past the limit.
+    results_overflow: Option<String>,
 }
 
-impl Step<'_> {
-    fn task(&mut self, i: usize) -> &mut TaskStatus {
-        &mut self.st.tasks[i]
+impl<'a> Step<'a> {
+    fn new(input: &'a Input<'a>) -> Self {
+        let mut st = input.status.clone();
+        let specs: Vec<&TaskSpec> = input.workflow.all_tasks().collect();
+        let nodes = nodes(&specs, std::mem::take(&mut st.tasks));
+        let kept_bytes = nodes.iter().flat_map(|n| std::iter::once(&n.entry).chain(&n.instances)).map(results::kept_size).sum();
+        Step { input, specs, nodes, st, events: Vec::new(), kept: results::kept(input.workflow), kept_bytes, results_overflow: None }
     }
 
-    fn phases(&self) -> Vec<TaskPhase> {
-        self.st.tasks.iter().map(|t| t.phase).collect()
+    fn spec(&self, task: usize) -> &'a TaskSpec {
+        self.specs[task]
     }
 
-    fn finish_task(&mut self, i: usize, phase: TaskPhase, message: Option<String>) {
+    fn unit(&self, u: Unit) -> &TaskStatus {
+        let node = &self.nodes[u.task];
+        u.instance.map_or(&node.entry, |i| &node.instances[i])
+    }
+
+    fn unit_mut(&mut self, u: Unit) -> &mut TaskStatus {
+        let node = &mut self.nodes[u.task];
+        match u.instance {
+            Some(i) => &mut node.instances[i],
+            None => &mut node.entry,
+        }
+    }
+
+    /// Every unit that runs: tasks that do not fan out, and the instances
+    /// of those that do.
+    fn units(&self) -> Vec<Unit> {
+        let mut out = Vec::new();
+        for (task, node) in self.nodes.iter().enumerate() {
+            if self.spec(task).fans_out() {
+                out.extend((0..node.instances.len()).map(|i| Unit { task, instance: Some(i) }));
+            } else {
+                out.push(Unit { task, instance: None });
+            }
+        }
+        out
+    }
+
+    /// How a unit is named in events: the task, or the task and its item.
+    fn label(&self, u: Unit) -> String {
+        let name = &self.spec(u.task).name;
+        match u.instance {
+            Some(i) => format!("{name} item {i}"),
+            None => name.clone(),
+        }
+    }
+
+    fn states(&self) -> Vec<State> {
+        self.nodes.iter().map(|n| state(&n.entry)).collect()
+    }
+
+    fn finish(&mut self, u: Unit, phase: TaskPhase, message: Option<String>) {
         let now = self.input.now;
-        let t = self.task(i);
+        let t = self.unit_mut(u);
         t.phase = phase;
         t.finished_at = Some(time(now));
         t.retry_after = None;
@@ -194,10 +309,10 @@ impl Step<'_> {
         }
     }
 
-    /// The run ends task `i` while its child run may still be going: record
+    /// The run ends unit `u` while its child run may still be going: record
     /// the intent to stop that child.
-    fn abandon_child(&mut self, i: usize) {
-        let t = self.task(i);
+    fn abandon_child(&mut self, u: Unit) {
+        let t = self.unit_mut(u);
         if let Some(child) = t.child_instance.clone()
             && !t.stop_children.contains(&child)
         {
@@ -206,39 +321,55 @@ impl Step<'_> {
     }
 
     /// An attempt ended without success: retry after the backoff if the
-    /// budget allows, else the task fails.
-    fn attempt_failed(&mut self, i: usize, why: String) {
-        let spec = &self.input.workflow.tasks[i];
+    /// budget allows, else the unit fails.
+    fn attempt_failed(&mut self, u: Unit, why: String) {
+        let spec = self.spec(u.task);
         let (limit, backoff) = (spec.retry_limit(), spec.retries.as_ref().map_or(0, |r| r.backoff_seconds));
         let now = self.input.now;
-        let name = spec.name.clone();
-        let t = self.task(i);
+        let label = self.label(u);
+        let t = self.unit_mut(u);
         if t.retries_used < limit {
             t.retries_used += 1;
             t.phase = TaskPhase::Pending;
             t.retry_after = Some(time(after(&time(now), backoff)));
             t.message = Some(why.clone());
             let used = t.retries_used;
-            self.events.push(Note::warning("TaskRetry", format!("task {name}: {why}; retry {used} of {limit} in {backoff}s")));
+            self.events.push(Note::warning("TaskRetry", format!("task {label}: {why}; retry {used} of {limit} in {backoff}s")));
         } else {
-            self.finish_task(i, TaskPhase::Failed, Some(why.clone()));
-            self.events.push(Note::warning("TaskFailed", format!("task {name}: {why}")));
+            self.finish(u, TaskPhase::Failed, Some(why.clone()));
+            self.events.push(Note::warning("TaskFailed", format!("task {label}: {why}")));
         }
     }
 
-    /// Ends every unfinished task: running ones get `running`, waiting ones
-    /// `pending`. Pods and children of ended tasks are stopped by the actions.
-    fn end_unfinished(&mut self, running: TaskPhase, pending: TaskPhase, why: &str) {
-        for i in 0..self.st.tasks.len() {
-            match self.st.tasks[i].phase {
-                TaskPhase::Running => {
-                    self.abandon_child(i);
-                    self.finish_task(i, running, Some(why.to_string()))
+    /// Ends every unfinished unit of the tasks `which` selects: running ones
+    /// get `running`, waiting ones `pending`. A fanned-out task's own entry
+    /// follows its instances (see [`fanout`]); one not yet fanned out ends
+    /// like a waiting unit. Pods and children of ended units are stopped by
+    /// the actions.
+    fn end_unfinished(&mut self, which: impl Fn(usize) -> bool, running: TaskPhase, pending: TaskPhase, why: &str) {
+        for task in (0..self.nodes.len()).filter(|&t| which(t)) {
+            let fans_out = self.spec(task).fans_out();
+            let units: Vec<Unit> = if fans_out {
+                (0..self.nodes[task].instances.len()).map(|i| Unit { task, instance: Some(i) }).collect()
+            } else {
+                vec![Unit { task, instance: None }]
+            };
+            for u in units {
+                match self.unit(u).phase {
+                    TaskPhase::Running => {
+                        self.abandon_child(u);
+                        self.finish(u, running, Some(why.to_string()))
+                    }
+                    TaskPhase::Pending => self.finish(u, pending, Some(why.to_string())),
+                    _ => {}
                 }
-                TaskPhase::Pending => self.finish_task(i, pending, Some(why.to_string())),
-                _ => {}
+            }
+            let own = Unit { task, instance: None };
+            if fans_out && self.unit(own).phase == TaskPhase::Pending {
+                self.finish(own, pending, Some(why.to_string()));
             }
         }
+        self.settle_fanouts();
     }
 
     /// Ends the run; condition `Finished` says how and why.
@@ -258,291 +389,75 @@ impl Step<'_> {
         self.events.push(note);
     }
 
-    /// Reads what the pods and children say about running tasks.
-    fn observe(&mut self) {
-        let observed = self.input.observed;
-        for i in 0..self.st.tasks.len() {
-            let t = self.st.tasks[i].clone();
-            if t.phase != TaskPhase::Running {
-                continue;
-            }
-            let timeout = self.input.workflow.tasks[i].timeout_seconds;
-            let timed_out = match (timeout, &t.started_at) {
-                (Some(s), Some(start)) => self.input.now >= after(start, s),
-                _ => false,
-            };
-            let outcome = if let Some(pod) = t.pod_name.as_ref().and_then(|n| observed.pods.iter().find(|p| &p.name == n)) {
-                match pod.state {
-                    PodState::Succeeded => Some(Outcome::Succeeded(pod.exit_code)),
-                    PodState::Failed => Some(Outcome::Failed(match (&pod.exit_code, &pod.reason) {
-                        (Some(code), Some(r)) => format!("pod {} failed: exit code {code} ({r})", pod.name),
-                        (Some(code), None) => format!("pod {} failed: exit code {code}", pod.name),
-                        (None, r) => format!("pod {} failed: {}", pod.name, r.as_deref().unwrap_or("no reason given")),
-                    })),
-                    _ => None,
-                }
-            } else if let Some(child) = t.child_instance.as_ref().and_then(|n| observed.children.iter().find(|c| &c.name == n)) {
-                match child.phase {
-                    Some(RunPhase::Succeeded) => Some(Outcome::Succeeded(None)),
-                    Some(RunPhase::Failed) => Some(Outcome::Failed(format!("child run {} ended Failed", child.name))),
-                    // The parent never stops a current child: someone asked
-                    // the child itself to stop. The task ends as asked, and
-                    // is not retried.
-                    Some(RunPhase::Stopped) => Some(Outcome::Stopped(format!("child run {} was stopped by its spec.shutdown", child.name))),
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            let name = self.input.workflow.tasks[i].name.clone();
-            match outcome {
-                Some(Outcome::Succeeded(exit_code)) => {
-                    self.task(i).exit_code = exit_code;
-                    self.finish_task(i, TaskPhase::Succeeded, None);
-                    self.task(i).message = None;
-                    self.events.push(Note::normal("TaskSucceeded", format!("task {name} succeeded")));
-                }
-                Some(Outcome::Failed(why)) => {
-                    if let Some(pod) = t.pod_name.as_ref().and_then(|n| observed.pods.iter().find(|p| &p.name == n)) {
-                        self.task(i).exit_code = pod.exit_code;
-                    }
-                    self.attempt_failed(i, why);
-                }
-                Some(Outcome::Stopped(why)) => {
-                    self.events.push(Note::normal("TaskStopped", format!("task {name}: {why}")));
-                    self.finish_task(i, TaskPhase::Stopped, Some(why));
-                }
-                None if timed_out => {
-                    self.abandon_child(i);
-                    self.attempt_failed(i, format!("timed out after {}s", timeout.unwrap_or_default()))
-                }
-                None => {}
-            }
-        }
-    }
-
-    /// Applies the run's requests: shutdown, suspend/resume, retryFailed.
-    fn apply_requests(&mut self) {
-        let spec = self.input.spec;
-        let phase = self.st.phase.unwrap_or_default();
-        let applied = self.st.retry_failed_applied.unwrap_or(0);
-        if phase.is_terminal() {
-            if spec.retry_failed > applied {
-                if spec.shutdown.requested() {
-                    self.events.push(Note::warning("RetryDeferred", "retryFailed waits until spec.shutdown is cleared".into()));
-                } else {
-                    self.retry_failed();
-                }
-            }
-        } else {
-            if spec.retry_failed > applied {
-                // Recorded as seen, so it does not fire later by surprise
-                // when the run ends; the user is told to ask again.
-                self.st.retry_failed_applied = Some(spec.retry_failed);
-                self.events.push(Note::warning(
-                    "RetryIgnored",
-                    format!(
-                        "retryFailed={} ignored: the run is still {}; retryFailed re-runs tasks of a finished run, increase it again once the run has ended",
-                        spec.retry_failed,
-                        phase.as_str()
-                    ),
-                ));
-            }
-            if spec.shutdown.requested() {
-                self.end_unfinished(TaskPhase::Stopped, TaskPhase::Stopped, "stopped by spec.shutdown");
-                self.end_run(RunPhase::Stopped, "Stopped", format!("run stopped by spec.shutdown={:?}", spec.shutdown));
-            } else if spec.suspend && phase != RunPhase::Paused {
-                self.st.phase = Some(RunPhase::Paused);
-                self.events.push(Note::normal("Paused", "run paused by spec.suspend: no new task starts".into()));
-            } else if !spec.suspend && phase == RunPhase::Paused {
-                self.st.phase = Some(RunPhase::Running);
-                self.events.push(Note::normal("Resumed", "run resumed".into()));
-            }
-        }
-        self.st.observed_generation = Some(self.input.generation);
-    }
-
-    fn retry_failed(&mut self) {
-        self.st.retry_failed_applied = Some(self.input.spec.retry_failed);
-        let again = |t: &TaskStatus| matches!(t.phase, TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped);
-        let count = self.st.tasks.iter().filter(|t| again(t)).count();
-        if count == 0 {
-            self.events.push(Note::normal("RetryFailed", "nothing to re-run: no task failed, was skipped or stopped".into()));
-            return;
-        }
-        for t in self.st.tasks.iter_mut().filter(|t| again(t)) {
-            t.phase = TaskPhase::Pending;
-            t.retries_used = 0;
-            t.finished_at = None;
-            t.retry_after = None;
-            t.message = None;
-        }
-        self.st.phase = Some(if self.input.spec.suspend { RunPhase::Paused } else { RunPhase::Running });
-        self.st.finished_at = None;
-        self.st.conditions.retain(|c| c.type_ != "Finished" && c.type_ != CONDITION_CLEANED_UP);
-        self.events.push(Note::normal("RetryFailed", format!("re-running {count} failed, skipped or stopped tasks")));
-    }
-
-    /// Run deadline, failFast, and skipping what can no longer run.
-    fn enforce_rules(&mut self) {
-        let phase = self.st.phase.unwrap_or_default();
-        if phase.is_terminal() {
-            return;
-        }
-        if let (Some(limit), Some(start)) = (self.input.workflow.active_deadline_seconds, &self.st.started_at)
-            && self.input.now >= after(start, limit)
-        {
-            self.end_unfinished(TaskPhase::Failed, TaskPhase::Skipped, "run deadline exceeded");
-            self.end_run(RunPhase::Failed, "DeadlineExceeded", format!("run still going after activeDeadlineSeconds={limit}"));
-            return;
-        }
-        if self.input.workflow.fail_fast() && self.st.tasks.iter().any(|t| t.phase == TaskPhase::Failed) {
-            self.end_unfinished(TaskPhase::Stopped, TaskPhase::Skipped, "stopped by failFast after a task failed");
-        }
-        loop {
-            let blocked: Vec<usize> = self.input.dag.blocked(&self.phases()).collect();
-            if blocked.is_empty() {
-                break;
-            }
-            for i in blocked {
-                self.finish_task(i, TaskPhase::Skipped, Some("a dependency did not succeed".into()));
-            }
-        }
-    }
-
-    /// Records the intent to start every ready task that fits in the
-    /// parallelism limit.
-    fn start_ready(&mut self) {
-        if self.st.phase != Some(RunPhase::Running) {
-            return;
-        }
-        let running = self.st.tasks.iter().filter(|t| t.phase == TaskPhase::Running).count();
-        let limit = self.input.workflow.parallelism.map_or(usize::MAX, |p| p.max(1) as usize);
-        let now = self.input.now;
-        let phases = self.phases();
-        let ready: Vec<usize> = self
-            .input
-            .dag
-            .ready(&phases)
-            .filter(|&i| self.st.tasks[i].retry_after.as_ref().is_none_or(|t| t.0 <= now))
-            .take(limit.saturating_sub(running))
-            .collect();
-        for i in ready {
-            let spec = &self.input.workflow.tasks[i];
-            let run = self.input.run_name;
-            let t = &mut self.st.tasks[i];
-            let attempt = t.attempts;
-            t.attempts += 1;
-            t.phase = TaskPhase::Running;
-            t.started_at = Some(time(now));
-            t.finished_at = None;
-            t.retry_after = None;
-            t.exit_code = None;
-            if spec.container.is_some() {
-                t.pod_name = Some(naming::pod(run, &spec.name, attempt));
-            } else {
-                t.child_instance = Some(naming::child(run, &spec.name, attempt));
-            }
-            self.events.push(Note::normal("TaskStarted", format!("task {} attempt {attempt} started", spec.name)));
-        }
-    }
-
-    fn conclude(&mut self) {
-        let total = self.st.tasks.len();
-        let finished = self.st.tasks.iter().filter(|t| t.phase.is_finished()).count();
-        self.st.progress = Some(format!("{finished}/{total}"));
-        let phase = self.st.phase.unwrap_or_default();
-        if finished == total && !phase.is_terminal() {
-            let failed = self.st.tasks.iter().find(|t| t.phase == TaskPhase::Failed);
-            match failed.or_else(|| self.st.tasks.iter().find(|t| t.phase != TaskPhase::Succeeded)) {
-                None => self.end_run(RunPhase::Succeeded, "Succeeded", format!("all {total} tasks succeeded")),
-                Some(t) => {
-                    let why = t.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-                    let message = format!("task {} ended {:?}{why}", t.name, t.phase);
-                    self.end_run(RunPhase::Failed, "TaskFailed", message)
-                }
-            }
-        }
-    }
-
     fn requeue_after(&self) -> Option<Duration> {
         let now = self.input.now;
         let mut due: Vec<Timestamp> = Vec::new();
         if !self.st.phase.unwrap_or_default().is_terminal() {
-            for (t, spec) in self.st.tasks.iter().zip(&self.input.workflow.tasks) {
+            for u in self.units() {
+                let t = self.unit(u);
                 match t.phase {
                     TaskPhase::Pending => due.extend(t.retry_after.as_ref().map(|r| r.0)),
                     TaskPhase::Running => {
-                        if let (Some(s), Some(start)) = (spec.timeout_seconds, &t.started_at) {
+                        if let (Some(s), Some(start)) = (self.spec(u.task).timeout_seconds, &t.started_at) {
                             due.push(after(start, s));
                         }
                     }
                     _ => {}
                 }
             }
-            if let (Some(limit), Some(start)) = (self.input.workflow.active_deadline_seconds, &self.st.started_at) {
+            if let (Some(limit), Some(start), None) = (self.input.workflow.active_deadline_seconds, &self.st.started_at, self.st.dag_phase)
+            {
                 due.push(after(start, limit));
             }
         }
         due.into_iter().min().map(|t| Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO) + Duration::from_millis(50))
     }
+
+    /// Finished units / all units (a task not fanned out yet counts once).
+    fn progress(&self) -> String {
+        let mut finished = 0;
+        let mut total = 0;
+        for (task, node) in self.nodes.iter().enumerate() {
+            let counted: Vec<&TaskStatus> =
+                if self.spec(task).fans_out() && !node.instances.is_empty() { node.instances.iter().collect() } else { vec![&node.entry] };
+            total += counted.len();
+            finished += counted.iter().filter(|t| t.phase.is_finished()).count();
+        }
+        format!("{finished}/{total}")
+    }
+
+    /// The status with the nodes laid out flat again: each task's entry,
+    /// then its instances.
+    fn into_status(self) -> (WorkflowInstanceStatus, Vec<Note>) {
+        let mut st = self.st;
+        st.tasks = self.nodes.into_iter().flat_map(|n| std::iter::once(n.entry).chain(n.instances)).collect();
+        (st, self.events)
+    }
 }
 
-/// Lines up `status.tasks` with the workflow's tasks, in workflow order.
-fn aligned_tasks(workflow: &WorkflowSpec, tasks: &[TaskStatus]) -> Vec<TaskStatus> {
-    let by_name: BTreeMap<&str, &TaskStatus> = tasks.iter().map(|t| (t.name.as_str(), t)).collect();
-    workflow
-        .tasks
+/// Lines up `status.tasks` with the workflow's tasks (then exit tasks), each
+/// with its instances, in index order. Entries of tasks no longer in the
+/// spec are dropped (the spec is a snapshot, so there are none).
+fn nodes(specs: &[&TaskSpec], tasks: Vec<TaskStatus>) -> Vec<Node> {
+    let mut own: BTreeMap<String, TaskStatus> = BTreeMap::new();
+    let mut instances: BTreeMap<String, Vec<(usize, TaskStatus)>> = BTreeMap::new();
+    for t in tasks {
+        match naming::parse_instance_key(&t.name) {
+            Some((task, index)) => instances.entry(task.to_string()).or_default().push((index, t)),
+            None => {
+                own.insert(t.name.clone(), t);
+            }
+        }
+    }
+    specs
         .iter()
         .map(|spec| {
-            by_name
-                .get(spec.name.as_str())
-                .map(|t| (*t).clone())
-                .unwrap_or_else(|| TaskStatus { name: spec.name.clone(), ..Default::default() })
+            let entry = own.remove(&spec.name).unwrap_or_else(|| TaskStatus { name: spec.name.clone(), ..Default::default() });
+            let mut list = instances.remove(&spec.name).unwrap_or_default();
+            list.sort_by_key(|(i, _)| *i);
+            Node { entry, instances: list.into_iter().map(|(_, t)| t).collect() }
         })
         .collect()
-}
-
-/// The API calls that make the world match `status`. Stops come before
-/// starts, so a freed parallelism slot is free before it is reused.
-pub fn actions(status: &WorkflowInstanceStatus, spec: &WorkflowInstanceSpec, observed: &Observed) -> Vec<Action> {
-    let mut out = Vec::new();
-    let run_ended = status.phase.unwrap_or_default().is_terminal();
-    for pod in &observed.pods {
-        let current = status.tasks.iter().any(|t| t.phase == TaskPhase::Running && t.pod_name.as_ref() == Some(&pod.name));
-        if !current && !pod.deleting && matches!(pod.state, PodState::Waiting | PodState::Running) {
-            out.push(Action::DeletePod { name: pod.name.clone() });
-        }
-    }
-    for child in &observed.children {
-        let current = status.tasks.iter().any(|t| t.phase == TaskPhase::Running && t.child_instance.as_ref() == Some(&child.name));
-        let child_ended = child.phase.is_some_and(RunPhase::is_terminal);
-        if current && !run_ended {
-            // Pass on a pause or resume of the parent, once per change.
-            let request = match (spec.suspend, child.passed.suspend) {
-                (true, Some(true)) | (false, Some(false) | None) => None,
-                (true, _) => Some(ChildRequest::Pause { prior: child.suspend }),
-                (false, Some(true)) => Some(ChildRequest::Resume { to: child.passed.prior.unwrap_or(false) }),
-            };
-            out.extend(request.map(|request| Action::SteerChild { name: child.name.clone(), request }));
-        } else if !child_ended && !child.passed.stop && status.tasks.iter().any(|t| t.stop_children.contains(&child.name)) {
-            // The run ended its task while it was going: it must end too.
-            out.push(Action::SteerChild { name: child.name.clone(), request: ChildRequest::Stop });
-        }
-    }
-    for t in status.tasks.iter().filter(|t| t.phase == TaskPhase::Running) {
-        if let Some(pod) = &t.pod_name
-            && !observed.pods.iter().any(|p| &p.name == pod)
-        {
-            out.push(Action::CreatePod { task: t.name.clone(), attempt: t.attempts - 1 });
-        }
-        if let Some(child) = &t.child_instance
-            && !observed.children.iter().any(|c| &c.name == child)
-        {
-            out.push(Action::CreateChild { task: t.name.clone(), attempt: t.attempts - 1 });
-        }
-    }
-    out
 }
 
 /// Whether a pod or child run of the run is still going. A finished run
@@ -556,12 +471,10 @@ fn still_running(observed: &Observed) -> bool {
 /// One step of the executor: the next status, the calls to make once it is
 /// written, and the events to record.
 pub fn plan(input: &Input<'_>) -> Plan {
-    let mut st = input.status.clone();
-    st.tasks = aligned_tasks(input.workflow, &st.tasks);
-    if st.phase.is_none() {
-        st.phase = Some(RunPhase::Pending);
+    let mut step = Step::new(input);
+    if step.st.phase.is_none() {
+        step.st.phase = Some(RunPhase::Pending);
     }
-    let mut step = Step { input, st, events: Vec::new() };
     if step.st.started_at.is_none() && !input.spec.shutdown.requested() {
         step.st.started_at = Some(time(input.now));
         step.st.phase = Some(RunPhase::Running);
@@ -570,12 +483,18 @@ pub fn plan(input: &Input<'_>) -> Plan {
     step.apply_requests();
     step.enforce_rules();
     step.start_ready();
-    step.conclude();
+    if step.conclude() {
+        // The DAG ended: its exit tasks may start in the same write.
+        step.start_ready();
+        step.conclude();
+    }
     let requeue_after = step.requeue_after();
-    let actions = actions(&step.st, input.spec, input.observed);
-    if step.st.phase.unwrap_or_default().is_terminal() && !still_running(input.observed) {
+    step.st.progress = Some(step.progress());
+    let (mut st, events) = step.into_status();
+    let actions = actions(&st, input.spec, input.observed);
+    if st.phase.unwrap_or_default().is_terminal() && !still_running(input.observed) {
         crate::conditions::set(
-            &mut step.st.conditions,
+            &mut st.conditions,
             CONDITION_CLEANED_UP,
             true,
             "NothingRunning",
@@ -584,7 +503,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             time(input.now),
         );
     }
-    Plan { status: step.st, actions, events: step.events, requeue_after }
+    Plan { status: st, actions, events, requeue_after }
 }
 
 #[cfg(test)]

@@ -61,7 +61,12 @@ impl Made {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone())
                 .unwrap_or_default(),
-            task: get("baton.dev/task"),
+            // An instance of a fanned-out task is its own unit, keyed as
+            // in the run's status.
+            task: match obj.labels().get("baton.dev/item") {
+                Some(item) => baton::naming::instance_key(&get("baton.dev/task"), item.parse().unwrap_or(usize::MAX)),
+                None => get("baton.dev/task"),
+            },
             attempt: get("baton.dev/attempt"),
             epoch: obj.annotations().get("baton.dev/owner-epoch").cloned().unwrap_or_default(),
         }

@@ -83,9 +83,9 @@ pub const SCHEDULED: [(&str, &str); 2] = [("replace", "Replace"), ("forbid", "Fo
 const CRON: &str = "*/5 * * * * *";
 
 /// The workflows: a wide DAG, a deep chain, one with two sub-workflows, one
-/// whose middle task fails and is retried, a family whose child is slow
-/// enough to take requests, two whose pod names collide, and the two
-/// scheduled ones.
+/// whose middle task fails and is retried, a fan-out with exit tasks, a
+/// family whose child is slow enough to take requests, two whose pod names
+/// collide, and the two scheduled ones.
 fn workflows() -> Vec<String> {
     let wide: Vec<String> = std::iter::once(task("root", &[], "1s", 0, ""))
         .chain((1..=6).map(|i| task(&format!("w{i}"), &["root"], if i % 2 == 0 { "2s" } else { "1s" }, 0, "")))
@@ -114,6 +114,13 @@ fn workflows() -> Vec<String> {
     let flaky = vec![task("step", &[], "1s", 0, ""), task("bad", &["step"], "1s", 3, retries), task("after", &["bad"], "1s", 0, "")];
     let family = vec![task("prep", &[], "1s", 0, ""), sub("sub", "slow-inner"), task("finish", &["sub"], "1s", 0, "")];
     let slow_inner = vec![task("s1", &[], "3s", 0, ""), task("s2", &["s1"], "3s", 0, "")];
+    // Eight instances, three at a time, then exit tasks: one that runs only
+    // after a success, one that always runs.
+    let items = "      withItems: [a, b, c, d, e, f, g, h]\n";
+    let fanout = vec![task("list", &[], "1s", 0, ""), task("each", &["list"], "1s", 0, items), task("gather", &["each"], "1s", 0, "")];
+    let exits = "  onExit:\n".to_string()
+        + &task("report", &[], "1s", 0, "      when: \"run.phase == 'Succeeded'\"\n")
+        + &task("tidy", &["report"], "2s", 0, "");
     let mut all = vec![
         workflow("wide", "  parallelism: 4\n", &wide),
         workflow("chain", "", &chain),
@@ -122,6 +129,7 @@ fn workflows() -> Vec<String> {
         workflow("flaky", "", &flaky),
         workflow(FAMILY, "", &family),
         workflow("slow-inner", "", &slow_inner),
+        workflow("fanout", "  parallelism: 3\n", &fanout) + &exits,
         workflow(COLLIDE_A, "", &[task("web-test", &[], "3s", 0, "")]),
         workflow(COLLIDE_B, "", &[task("test", &[], "3s", 0, "")]),
     ];

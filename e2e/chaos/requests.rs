@@ -13,12 +13,12 @@ use rand::{RngExt, SeedableRng};
 use crate::journal::{Request, RequestKind, Shared};
 
 /// The workflows runs are started from, with how often each is picked.
-pub const MIX: [(&str, u32); 5] = [("wide", 3), ("chain", 3), ("nested", 2), ("flaky", 2), (crate::FAMILY, 3)];
+pub const MIX: [(&str, u32); 6] = [("wide", 3), ("chain", 3), ("nested", 2), ("flaky", 2), ("fanout", 3), (crate::FAMILY, 3)];
 
 /// The workflows whose top-level runs get requests. A `family` run gets
 /// none: requests go to its child (see `moves`), so that whatever changes
 /// the child's spec besides the suite is a break.
-const REQUESTED: [&str; 4] = ["wide", "chain", "nested", "flaky"];
+const REQUESTED: [&str; 5] = ["wide", "chain", "nested", "flaky", "fanout"];
 
 /// Creates run `name` of `workflow`. A create that fails (the API server
 /// restarting) is retried until it is accepted; an `AlreadyExists` then

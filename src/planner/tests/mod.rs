@@ -2,7 +2,7 @@ use super::*;
 use crate::api::{RetryPolicy, Shutdown, TaskSpec, TaskWorkflowRef};
 use k8s_openapi::api::core::v1::Container;
 
-fn task(name: &str, deps: &[&str]) -> TaskSpec {
+pub(super) fn task(name: &str, deps: &[&str]) -> TaskSpec {
     TaskSpec {
         name: name.into(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
@@ -15,29 +15,40 @@ fn diamond() -> WorkflowSpec {
     WorkflowSpec { tasks: vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])], ..Default::default() }
 }
 
-fn at(secs: i64) -> Timestamp {
+pub(super) fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
 }
 
 /// A run being driven through plans, with a fake world of pods.
-struct Sim {
-    workflow: WorkflowSpec,
-    dag: Dag,
-    spec: WorkflowInstanceSpec,
-    status: WorkflowInstanceStatus,
-    observed: Observed,
-    generation: i64,
+pub(super) struct Sim {
+    pub(super) workflow: WorkflowSpec,
+    pub(super) dag: Dag,
+    pub(super) spec: WorkflowInstanceSpec,
+    pub(super) status: WorkflowInstanceStatus,
+    pub(super) observed: Observed,
+    pub(super) generation: i64,
+    pub(super) params: BTreeMap<String, String>,
 }
 
 impl Sim {
-    fn new(workflow: WorkflowSpec) -> Self {
-        let dag = Dag::new(&workflow.tasks).unwrap();
-        Sim { workflow, dag, spec: Default::default(), status: Default::default(), observed: Default::default(), generation: 1 }
+    pub(super) fn new(workflow: WorkflowSpec) -> Self {
+        let dag = Dag::new(&workflow).unwrap();
+        Sim {
+            workflow,
+            dag,
+            spec: Default::default(),
+            status: Default::default(),
+            observed: Default::default(),
+            generation: 1,
+            params: BTreeMap::new(),
+        }
     }
 
-    fn step(&mut self, now: i64) -> Plan {
+    pub(super) fn step(&mut self, now: i64) -> Plan {
         let plan = plan(&Input {
             run_name: "r",
+            namespace: "ns",
+            params: &self.params,
             generation: self.generation,
             spec: &self.spec,
             status: &self.status,
@@ -52,17 +63,18 @@ impl Sim {
             match a {
                 Action::CreatePod { task, attempt } => self.observed.pods.push(ObservedPod {
                     uid: format!("uid-{task}-{attempt}"),
-                    name: naming::pod("r", task, *attempt),
+                    name: naming::pod("r", &naming::object_part(task), *attempt),
                     task: task.clone(),
                     state: PodState::Running,
                     exit_code: None,
                     reason: None,
+                    message: None,
                     deleting: false,
                 }),
                 Action::DeletePod { name } => self.observed.pods.retain(|p| &p.name != name),
                 Action::CreateChild { task, attempt } => self.observed.children.push(ObservedChild {
                     uid: format!("uid-{task}-{attempt}"),
-                    name: naming::child("r", task, *attempt),
+                    name: naming::child("r", &naming::object_part(task), *attempt),
                     task: task.clone(),
                     phase: None,
                     suspend: self.spec.suspend,
@@ -83,17 +95,23 @@ impl Sim {
         plan
     }
 
-    fn end_pod(&mut self, name: &str, code: i32) {
+    pub(super) fn end_pod(&mut self, name: &str, code: i32) {
+        self.end_pod_with(name, code, None);
+    }
+
+    /// Ends a pod whose container left `message` as its termination message.
+    pub(super) fn end_pod_with(&mut self, name: &str, code: i32, message: Option<&str>) {
         let p = self.observed.pods.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"));
         p.state = if code == 0 { PodState::Succeeded } else { PodState::Failed };
         p.exit_code = Some(code);
+        p.message = message.map(str::to_string);
     }
 
-    fn phase(&self, task: &str) -> TaskPhase {
+    pub(super) fn phase(&self, task: &str) -> TaskPhase {
         self.status.tasks.iter().find(|t| t.name == task).unwrap().phase
     }
 
-    fn running_pods(&self) -> Vec<&str> {
+    pub(super) fn running_pods(&self) -> Vec<&str> {
         self.observed.pods.iter().filter(|p| p.state == PodState::Running).map(|p| p.name.as_str()).collect()
     }
 }
@@ -390,6 +408,8 @@ fn cleanup_is_retried_until_nothing_runs() {
     sim.spec.shutdown = Shutdown::Stop;
     let plan = plan(&Input {
         run_name: "r",
+        namespace: "ns",
+        params: &sim.params,
         generation: 2,
         spec: &sim.spec,
         status: &sim.status,
@@ -471,3 +491,5 @@ fn a_timed_out_pod_is_deleted_before_its_slot_is_reused() {
     let plan = sim.step(5);
     assert_eq!(plan.actions, [Action::DeletePod { name: "r-slow-0".into() }, Action::CreatePod { task: "next".into(), attempt: 0 }]);
 }
+
+mod flow;

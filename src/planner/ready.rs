@@ -1,0 +1,148 @@
+//! Starting what may start: tasks whose dependencies are satisfied (exit
+//! tasks only once the DAG has ended), fanned out when they have items,
+//! decided by their `when`, within the run's parallelism.
+
+use std::collections::BTreeMap;
+
+use super::{Note, REASON_WHEN_FALSE, RunPhase, Step, TaskPhase, Unit, naming, results};
+use crate::when;
+
+impl Step<'_> {
+    /// The scope of templates and `when` of task `task` (of the instance
+    /// with `item`): results are read from the status being built.
+    pub(super) fn scope(
+        &self,
+        task: usize,
+        item: Option<serde_json::Value>,
+    ) -> results::RunScope<'_, impl Fn(&str) -> Option<String> + '_> {
+        let phase = if self.input.dag.is_exit(task) { self.st.dag_phase } else { self.st.phase };
+        results::RunScope {
+            run_name: self.input.run_name,
+            namespace: self.input.namespace,
+            params: self.input.params,
+            result: move |name: &str| {
+                let node = &self.nodes[self.specs.iter().position(|s| s.name == name)?];
+                results::result_of(self.input.workflow, name, std::iter::once(&node.entry).chain(&node.instances))
+            },
+            item,
+            phase: phase.unwrap_or(RunPhase::Running),
+        }
+    }
+
+    /// Starts what may start. A task skipped (by its `when`, or for want of
+    /// items) satisfies its dependants at once, so passes repeat while they
+    /// skip something.
+    pub(super) fn start_ready(&mut self) {
+        for _ in 0..=self.nodes.len() {
+            if !self.start_pass() {
+                break;
+            }
+        }
+    }
+
+    /// One pass over the ready tasks; true when a task was skipped.
+    fn start_pass(&mut self) -> bool {
+        if self.st.phase != Some(RunPhase::Running) {
+            return false;
+        }
+        let skipped_before = self.nodes.iter().filter(|n| n.entry.phase == TaskPhase::Skipped).count();
+        let dag = self.input.dag;
+        let exiting = self.st.dag_phase.is_some();
+        let may_run = |task: usize| exiting == dag.is_exit(task);
+        let states = self.states();
+        let ready: Vec<usize> = dag.ready(&states).filter(|&t| may_run(t)).collect();
+        for &task in &ready {
+            if self.spec(task).fans_out() {
+                self.fan_out(task);
+            }
+        }
+        let now = self.input.now;
+        let due = |t: &crate::api::TaskStatus| t.phase == TaskPhase::Pending && t.retry_after.as_ref().is_none_or(|r| r.0 <= now);
+        let candidates: Vec<Unit> = self
+            .units()
+            .into_iter()
+            .filter(|u| may_run(u.task) && due(self.unit(*u)))
+            .filter(|u| u.instance.is_some() || ready.contains(&u.task))
+            .filter(|u| u.instance.is_none() || self.nodes[u.task].entry.phase == TaskPhase::Running)
+            .collect();
+        let running = self.units().into_iter().filter(|u| self.unit(*u).phase == TaskPhase::Running).count();
+        let limit = self.input.workflow.parallelism.map_or(usize::MAX, |p| p.max(1) as usize);
+        let mut slots = limit.saturating_sub(running);
+        let mut parsed: BTreeMap<usize, Result<when::When, String>> = BTreeMap::new();
+        for u in candidates {
+            if slots == 0 {
+                break;
+            }
+            if self.unit(u).attempts == 0
+                && let Some(source) = &self.spec(u.task).when
+            {
+                let expr = parsed.entry(u.task).or_insert_with(|| when::parse(source));
+                let decision = match expr {
+                    Ok(expr) => self.decide(u, expr),
+                    Err(e) => Err(format!("when does not parse: {e}")),
+                };
+                match decision {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.skip(u, source);
+                        continue;
+                    }
+                    Err(e) => {
+                        let why = format!("when failed: {e}");
+                        self.finish(u, TaskPhase::Failed, Some(why.clone()));
+                        self.events.push(Note::warning("TaskFailed", format!("task {}: {why}", self.label(u))));
+                        continue;
+                    }
+                }
+            }
+            self.start(u);
+            slots -= 1;
+        }
+        self.settle_fanouts();
+        self.nodes.iter().filter(|n| n.entry.phase == TaskPhase::Skipped).count() > skipped_before
+    }
+
+    /// Evaluates `expr` for unit `u`.
+    fn decide(&self, u: Unit, expr: &when::When) -> Result<bool, String> {
+        let item = match self.unit(u).item.as_deref().map(serde_json::from_str) {
+            Some(Ok(item)) => Some(item),
+            Some(Err(e)) => return Err(format!("its recorded item is not JSON: {e}")),
+            None => None,
+        };
+        let names: Vec<String> = self.specs.iter().map(|s| s.name.clone()).collect();
+        let phases: BTreeMap<&str, &'static str> =
+            self.specs.iter().zip(&self.nodes).map(|(s, n)| (s.name.as_str(), n.entry.phase.as_str())).collect();
+        self.scope(u.task, item).when(expr, &names, |n| phases.get(n).copied())
+    }
+
+    /// `when` was false: the unit is skipped, and its dependants still run.
+    fn skip(&mut self, u: Unit, source: &str) {
+        let label = self.label(u);
+        self.finish(u, TaskPhase::Skipped, Some(format!("when was false: {source}")));
+        self.unit_mut(u).reason = Some(REASON_WHEN_FALSE.into());
+        self.events.push(Note::normal("TaskSkipped", format!("task {label} skipped: when {source:?} is false")));
+    }
+
+    /// Records the intent to start the next attempt of unit `u`.
+    fn start(&mut self, u: Unit) {
+        let spec = self.spec(u.task);
+        let run = self.input.run_name;
+        let now = self.input.now;
+        let label = self.label(u);
+        let t = self.unit_mut(u);
+        let attempt = t.attempts;
+        let part = naming::object_part(&t.name);
+        t.attempts += 1;
+        t.phase = TaskPhase::Running;
+        t.started_at = Some(super::time(now));
+        t.finished_at = None;
+        t.retry_after = None;
+        t.exit_code = None;
+        if spec.container.is_some() {
+            t.pod_name = Some(naming::pod(run, &part, attempt));
+        } else {
+            t.child_instance = Some(naming::child(run, &part, attempt));
+        }
+        self.events.push(Note::normal("TaskStarted", format!("task {label} attempt {attempt} started")));
+    }
+}
