@@ -394,8 +394,13 @@ impl References<'_> {
         };
         let refs = when.refs();
         let mut problems = Vec::new();
-        if let when::TaskRefs::Names(names) = &refs.tasks {
-            problems.extend(names.iter().filter_map(|t| self.task_ref(t, &format!("when (tasks.{t})"))));
+        match &refs.tasks {
+            when::TaskRefs::Names(names) => problems.extend(names.iter().filter_map(|t| self.task_ref(t, &format!("when (tasks.{t})")))),
+            // Which results to keep, and that only upstream tasks are read,
+            // must be known before the run: every task read is named.
+            when::TaskRefs::Any => problems.push(self.problem(
+                "when reads tasks without naming each task it reads; write tasks.NAME or tasks['NAME'] for every task it uses".into(),
+            )),
         }
         if refs.item && !self.task.fans_out() {
             problems.push(self.problem("when uses item, but the task has no withItems or withParam".into()));

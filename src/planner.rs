@@ -483,6 +483,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
     step.apply_requests();
     step.enforce_rules();
     step.start_ready();
+    // A decision of this step may have failed a task: failFast applies now.
+    step.enforce_rules();
     if step.conclude() {
         // The DAG ended: its exit tasks may start in the same write.
         step.start_ready();

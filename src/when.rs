@@ -88,6 +88,12 @@ impl std::fmt::Debug for When {
     }
 }
 
+/// Most comprehensions (map, filter, all, exists, exists_one) nested in
+/// one another's bodies. CEL has no loops otherwise and its inputs here are
+/// small (results of at most a few KiB), so this bounds the work of any
+/// `when`: there is no evaluation budget in the interpreter.
+pub const MAX_NESTED_LOOPS: usize = 1;
+
 /// Parses `source`. The error is one line that starts with the position of
 /// the first problem ("line 1, column 12: Syntax error: ..."), short enough
 /// for a condition message, because that is where the user reads it.
@@ -101,11 +107,14 @@ pub fn parse(source: &str) -> Result<When, String> {
         Program::compile(source).map(|program| {
             let mut walk = Walk::default();
             walk.expr(program.expression());
-            (program, walk.refs, walk.deepest)
+            (program, walk.refs, walk.deepest, walk.deepest_loops)
         })
     });
     match parsed {
-        Ok(Ok((program, refs, depth))) => Ok(When { source: source.to_string(), program: Some(program), refs, depth }),
+        Ok(Ok((_, _, _, loops))) if loops > MAX_NESTED_LOOPS => Err(format!(
+            "macros such as map, filter, all and exists nest {loops} deep, at most {MAX_NESTED_LOOPS} are allowed: each level multiplies the work of evaluating it"
+        )),
+        Ok(Ok((program, refs, depth, _))) => Ok(When { source: source.to_string(), program: Some(program), refs, depth }),
         Ok(Err(errors)) => Err(describe_parse_errors(&errors)),
         Err(()) => Err("the CEL parser failed on this expression (internal error)".to_string()),
     }
@@ -337,6 +346,10 @@ struct Walk {
     bound: Vec<String>,
     depth: usize,
     deepest: usize,
+    /// Comprehensions around the current node whose body it is in: each
+    /// multiplies the work of what is inside.
+    loops: usize,
+    deepest_loops: usize,
 }
 
 impl Walk {
@@ -411,8 +424,11 @@ impl Walk {
                 self.bound.push(comprehension.iter_var.clone());
                 self.bound.extend(comprehension.iter_var2.clone());
                 self.bound.push(comprehension.accu_var.clone());
+                self.loops += 1;
+                self.deepest_loops = self.deepest_loops.max(self.loops);
                 self.expr(&comprehension.loop_cond);
                 self.expr(&comprehension.loop_step);
+                self.loops -= 1;
                 self.expr(&comprehension.result);
                 self.bound.truncate(outer);
             }
@@ -707,6 +723,16 @@ mod tests {
                 .join()
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn deeply_nested_macros_are_refused() {
+        let l = "[1, 2, 3]";
+        assert!(parse(&format!("{l}.exists(a, a == 2)")).is_ok());
+        let two = format!("{l}.exists(a, {l}.exists(b, a == b))");
+        let err = parse(&two).unwrap_err();
+        assert!(err.contains("nest 2 deep, at most 1"), "{err}");
+        assert!(parse(&format!("{l}.map(x, x).exists(a, a == 1)")).is_ok(), "a macro over a macro's result does not multiply");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! item) in the same write that starts the first of them; its own entry
 //! then follows its instances.
 
+use super::results::{self, MAX_KEPT};
 use super::{Note, REASON_NO_ITEMS, REASON_WHEN_FALSE, Step, TaskPhase, TaskStatus};
 use crate::api::{MAX_ITEMS, TaskSpec};
 use crate::{naming, template};
@@ -29,6 +30,11 @@ pub fn items(spec: &TaskSpec, scope: &dyn template::Scope) -> Result<Vec<serde_j
     Ok(items)
 }
 
+/// Bytes the items take when recorded in status.
+fn recorded_size(items: &[serde_json::Value]) -> usize {
+    items.iter().map(|i| i.to_string().len()).sum()
+}
+
 impl Step<'_> {
     /// Fans out task `task`, whose dependencies are satisfied: one Pending
     /// instance per item, the task itself Running; no items skips it
@@ -46,16 +52,32 @@ impl Step<'_> {
                 node.entry.finished_at = Some(now);
                 self.events.push(Note::normal("TaskSkipped", format!("task {}: no items to run", spec.name)));
             }
+            Ok(items) if spec.with_param.is_some() && self.kept_bytes + recorded_size(&items) > MAX_KEPT => {
+                let why = format!(
+                    "its {} items take {} bytes, which would bring the data kept in status to {} bytes, over the limit of {MAX_KEPT} bytes",
+                    items.len(),
+                    recorded_size(&items),
+                    self.kept_bytes + recorded_size(&items)
+                );
+                node.entry.phase = TaskPhase::Failed;
+                node.entry.finished_at = Some(now);
+                node.entry.message = Some(why.clone());
+                self.events.push(Note::warning("TaskFailed", format!("task {}: {why}", spec.name)));
+            }
             Ok(items) => {
+                // Items of withItems are in the run's copy of the spec; those
+                // withParam yields are recorded, as results are.
+                let record = spec.with_param.is_some();
                 node.instances = items
                     .iter()
                     .enumerate()
                     .map(|(i, item)| TaskStatus {
                         name: naming::instance_key(&spec.name, i),
-                        item: Some(item.to_string()),
+                        item: record.then(|| item.to_string()),
                         ..Default::default()
                     })
                     .collect();
+                self.kept_bytes += node.instances.iter().map(results::kept_size).sum::<usize>();
                 node.entry.phase = TaskPhase::Running;
                 node.entry.started_at = Some(now);
                 node.entry.message = Some(format!("{} instances", items.len()));
@@ -87,6 +109,9 @@ impl Step<'_> {
                 (TaskPhase::Failed, None, format!("item {i} failed: {why}"))
             } else if let Some(i) = stopped {
                 (TaskPhase::Stopped, None, format!("item {i} was stopped"))
+            } else if let Some(i) = node.instances.iter().position(|t| super::state(t) == crate::dag::State::Unsatisfied) {
+                let why = node.instances[i].message.clone().unwrap_or_default();
+                (TaskPhase::Skipped, None, format!("item {i} was skipped: {why}"))
             } else if node.instances.iter().all(|t| t.phase == TaskPhase::Skipped) {
                 (TaskPhase::Skipped, Some(REASON_WHEN_FALSE.to_string()), "every item was skipped by when".to_string())
             } else {

@@ -40,14 +40,24 @@ impl Step<'_> {
         }
     }
 
-    /// One pass over the ready tasks; true when a task was skipped.
+    /// One pass over the ready tasks; true when a task was skipped. Every
+    /// decision of the pass (fan-outs, `when`) is made before anything
+    /// starts: with failFast, a task failed by a decision starts nothing.
     fn start_pass(&mut self) -> bool {
         if self.st.phase != Some(RunPhase::Running) {
             return false;
         }
-        let skipped_before = self.nodes.iter().filter(|n| n.entry.phase == TaskPhase::Skipped).count();
         let dag = self.input.dag;
         let exiting = self.st.dag_phase.is_some();
+        if exiting && self.dag_still_running() {
+            return false;
+        }
+        let skipped_before = self.nodes.iter().filter(|n| n.entry.phase == TaskPhase::Skipped).count();
+        let failed = |step: &Self| {
+            step.units().into_iter().filter(|u| !dag.is_exit(u.task) && step.unit(*u).phase == TaskPhase::Failed).count()
+                + step.nodes.iter().enumerate().filter(|(t, n)| !dag.is_exit(*t) && n.entry.phase == TaskPhase::Failed).count()
+        };
+        let failed_before = failed(self);
         let may_run = |task: usize| exiting == dag.is_exit(task);
         let states = self.states();
         let ready: Vec<usize> = dag.ready(&states).filter(|&t| may_run(t)).collect();
@@ -67,13 +77,16 @@ impl Step<'_> {
             .collect();
         let running = self.units().into_iter().filter(|u| self.unit(*u).phase == TaskPhase::Running).count();
         let limit = self.input.workflow.parallelism.map_or(usize::MAX, |p| p.max(1) as usize);
-        let mut slots = limit.saturating_sub(running);
+        let slots = limit.saturating_sub(running);
         let mut parsed: BTreeMap<usize, Result<when::When, String>> = BTreeMap::new();
+        let mut approved = Vec::new();
         for u in candidates {
-            if slots == 0 {
+            if approved.len() >= slots {
                 break;
             }
-            if self.unit(u).attempts == 0
+            // Decided once per round: not again for a retry of a failed
+            // attempt, again after retryFailed.
+            if self.unit(u).retries_used == 0
                 && let Some(source) = &self.spec(u.task).when
             {
                 let expr = parsed.entry(u.task).or_insert_with(|| when::parse(source));
@@ -95,20 +108,31 @@ impl Step<'_> {
                     }
                 }
             }
-            self.start(u);
-            slots -= 1;
+            approved.push(u);
+        }
+        let fail_fast_now = self.input.workflow.fail_fast() && failed(self) > failed_before;
+        if !fail_fast_now {
+            for u in approved {
+                self.start(u);
+            }
         }
         self.settle_fanouts();
         self.nodes.iter().filter(|n| n.entry.phase == TaskPhase::Skipped).count() > skipped_before
     }
 
+    /// Whether a pod or child run of a DAG task still runs (stopped, being
+    /// deleted): exit tasks wait for the DAG's work to be over.
+    fn dag_still_running(&self) -> bool {
+        let dag = self.input.dag;
+        let in_dag = |task: &str| self.specs.iter().position(|s| s.name == task).is_some_and(|t| !dag.is_exit(t));
+        let observed = self.input.observed;
+        observed.pods.iter().any(|p| matches!(p.state, super::PodState::Waiting | super::PodState::Running) && in_dag(&p.task))
+            || observed.children.iter().any(|c| !c.phase.is_some_and(RunPhase::is_terminal) && in_dag(&c.task))
+    }
+
     /// Evaluates `expr` for unit `u`.
     fn decide(&self, u: Unit, expr: &when::When) -> Result<bool, String> {
-        let item = match self.unit(u).item.as_deref().map(serde_json::from_str) {
-            Some(Ok(item)) => Some(item),
-            Some(Err(e)) => return Err(format!("its recorded item is not JSON: {e}")),
-            None => None,
-        };
+        let item = results::item_of(self.spec(u.task), self.unit(u))?;
         let names: Vec<String> = self.specs.iter().map(|s| s.name.clone()).collect();
         let phases: BTreeMap<&str, &'static str> =
             self.specs.iter().zip(&self.nodes).map(|(s, n)| (s.name.as_str(), n.entry.phase.as_str())).collect();

@@ -3,6 +3,7 @@
 
 use super::{CONDITION_CLEANED_UP, Note, REASON_TERMINATED, RunPhase, Step, TaskPhase, TaskStatus};
 use crate::api::Shutdown;
+use crate::dag::State;
 
 /// Conditions of a finished run that a retry takes back.
 const ENDED: [&str; 3] = ["Finished", CONDITION_CLEANED_UP, super::exit::CONDITION_EXITING];
@@ -45,12 +46,19 @@ impl Step<'_> {
                     }
                     self.end_run(RunPhase::Stopped, "Stopped", "run stopped by spec.shutdown=Terminate; exit tasks skipped".into());
                 }
-                Shutdown::Stop if self.st.dag_phase.is_none() => {
-                    let dag = self.input.dag;
-                    self.end_unfinished(|t| !dag.is_exit(t), TaskPhase::Stopped, TaskPhase::Stopped, "stopped by spec.shutdown");
-                    self.dag_ended(RunPhase::Stopped, "Stopped", "run stopped by spec.shutdown=Stop".into());
+                Shutdown::Stop => {
+                    if self.st.dag_phase.is_none() {
+                        let dag = self.input.dag;
+                        self.end_unfinished(|t| !dag.is_exit(t), TaskPhase::Stopped, TaskPhase::Stopped, "stopped by spec.shutdown");
+                        self.dag_ended(RunPhase::Stopped, "Stopped", "run stopped by spec.shutdown=Stop".into());
+                    }
+                    // Stop wins over a pause, and over never having started:
+                    // the exit tasks run.
+                    if !self.st.phase.unwrap_or_default().is_terminal() {
+                        self.st.phase = Some(RunPhase::Running);
+                    }
                 }
-                Shutdown::Stop | Shutdown::None => {
+                Shutdown::None => {
                     if spec.suspend && phase != RunPhase::Paused {
                         self.st.phase = Some(RunPhase::Paused);
                         self.events.push(Note::normal("Paused", "run paused by spec.suspend: no new task starts".into()));
@@ -69,7 +77,11 @@ impl Step<'_> {
     /// counts, so their new pods and children get new names.
     fn retry_failed(&mut self) {
         self.st.retry_failed_applied = Some(self.input.spec.retry_failed);
-        let again = |t: &TaskStatus| matches!(t.phase, TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped);
+        // Skipped by its own `when` (or for want of items) is an outcome,
+        // not a failure: not re-run.
+        let again = |t: &TaskStatus| {
+            matches!(t.phase, TaskPhase::Failed | TaskPhase::Skipped | TaskPhase::Stopped) && super::state(t) != State::Satisfied
+        };
         let mut count = 0;
         for task in self.input.dag.dag_tasks() {
             let fans_out = self.spec(task).fans_out();
@@ -86,7 +98,8 @@ impl Step<'_> {
                 reset(&mut node.entry);
             }
         }
-        if count == 0 {
+        let exit_failed = (0..self.nodes.len()).any(|t| self.input.dag.is_exit(t) && again(&self.nodes[t].entry));
+        if count == 0 && !exit_failed {
             self.events.push(Note::normal("RetryFailed", "nothing to re-run: no task failed, was skipped or stopped".into()));
             return;
         }
@@ -104,7 +117,7 @@ impl Step<'_> {
         self.st.finished_at = None;
         self.st.dag_phase = None;
         self.st.conditions.retain(|c| !ENDED.contains(&c.type_.as_str()));
-        self.events.push(Note::normal("RetryFailed", format!("re-running {count} failed, skipped or stopped tasks")));
+        self.events.push(Note::normal("RetryFailed", format!("re-running {count} failed, skipped or stopped tasks, then the exit tasks")));
     }
 }
 

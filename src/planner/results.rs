@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::{RunPhase, TaskStatus, WorkflowSpec};
+use crate::api::{RunPhase, TaskSpec, TaskStatus, WorkflowSpec};
 use crate::template::{self, Ref};
 use crate::{dag, naming, when};
 
-/// Most bytes of results a run keeps in status: with the spec snapshot it
-/// stays well below the API server's object size limit.
+/// Most bytes of results (and of items that withParam yielded) a run keeps
+/// in status: with the spec snapshot it stays well below the API server's
+/// object size limit.
 pub const MAX_KEPT: usize = 256 * 1024;
 
 /// A termination message as a result: one trailing newline trimmed.
@@ -18,9 +19,21 @@ pub fn read(message: Option<&str>) -> String {
     m.strip_suffix("\r\n").or_else(|| m.strip_suffix('\n')).unwrap_or(m).to_string()
 }
 
-/// Bytes an entry's kept result takes.
+/// Bytes of data an entry keeps in status: its result and its recorded item.
 pub fn kept_size(t: &TaskStatus) -> usize {
-    t.outputs.as_ref().and_then(|o| o.result.as_ref()).map_or(0, String::len)
+    t.outputs.as_ref().and_then(|o| o.result.as_ref()).map_or(0, String::len) + t.item.as_ref().map_or(0, String::len)
+}
+
+/// The item of an entry of `status.tasks`: recorded with it (withParam), or
+/// taken from the spec by its index (withItems); None for a task's own entry.
+pub fn item_of(spec: &TaskSpec, entry: &TaskStatus) -> Result<Option<serde_json::Value>, String> {
+    if let Some(json) = &entry.item {
+        return serde_json::from_str(json).map(Some).map_err(|e| format!("its recorded item is not JSON: {e}"));
+    }
+    match (naming::parse_instance_key(&entry.name), &spec.with_items) {
+        (Some((_, i)), Some(items)) => items.get(i).cloned().map(Some).ok_or_else(|| format!("withItems has no item {i}")),
+        _ => Ok(None),
+    }
 }
 
 /// Tasks whose results some template or `when` of the workflow reads. A
@@ -112,9 +125,9 @@ impl<'a> RunScope<'a, Box<dyn Fn(&str) -> Option<String> + 'a>> {
         key: &str,
     ) -> Result<Self, String> {
         let task = naming::parse_instance_key(key).map_or(key, |(task, _)| task);
-        let item = match status.tasks.iter().find(|t| t.name == key).and_then(|t| t.item.as_deref()) {
-            Some(json) => Some(serde_json::from_str(json).map_err(|e| format!("its recorded item is not JSON: {e}"))?),
-            None => None,
+        let item = match (workflow.task(task), status.tasks.iter().find(|t| t.name == key)) {
+            (Some(spec), Some(entry)) => item_of(spec, entry)?,
+            _ => None,
         };
         let phase = if workflow.on_exit.iter().any(|t| t.name == task) { status.dag_phase } else { status.phase };
         Ok(RunScope {

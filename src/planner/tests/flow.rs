@@ -108,7 +108,9 @@ fn fan_out_counts_instances_against_parallelism_and_gathers_results_in_order() {
     let mut sim = Sim::new(wf);
     sim.step(0);
     assert_eq!(sim.running_pods(), ["r-p-0-0", "r-p-1-0"]);
-    assert_eq!(entry(&sim, "p(3)").item.as_deref(), Some(r#"{"id":3}"#), "the item is recorded with the instance");
+    assert_eq!(entry(&sim, "p(3)").item, None, "withItems are read from the spec, not copied");
+    let item = crate::planner::results::item_of(&sim.workflow.tasks[0], entry(&sim, "p(3)")).unwrap();
+    assert_eq!(item, Some(serde_json::json!({"id": 3})));
     let mut now = 1;
     while sim.phase("p") == TaskPhase::Running {
         let running: Vec<String> = sim.running_pods().iter().map(|s| s.to_string()).collect();
@@ -201,9 +203,11 @@ fn stop_runs_exit_tasks_and_terminate_does_not() {
         assert!(plan.actions.contains(&Action::DeletePod { name: "r-a-0".into() }));
         if exit_runs {
             assert_eq!(sim.status.phase, Some(RunPhase::Running));
+            assert!(!plan.actions.iter().any(|a| matches!(a, Action::CreatePod { .. })), "exit tasks wait for the stopped pod to go");
+            let plan = sim.step(2);
             assert!(plan.actions.contains(&Action::CreatePod { task: "notify".into(), attempt: 0 }), "{:?}", plan.actions);
             sim.end_pod("r-notify-0", 0);
-            sim.step(2);
+            sim.step(3);
         } else {
             assert_eq!(entry(&sim, "notify").phase, TaskPhase::Skipped);
         }
