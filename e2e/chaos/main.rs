@@ -67,8 +67,15 @@ impl Config {
 
 /// How long the runs get, after the faults stop, to finish.
 const DRAIN: Duration = Duration::from_secs(180);
-/// The drain ends early when no unfinished run changed for this long: a run
-/// that hangs is reported without waiting out [`DRAIN`].
+/// The drain ends early when no unfinished run nor any of its pods changed
+/// for this long and none of those pods is left for the cluster to
+/// schedule, start or finish: a run that hangs is reported without waiting
+/// out [`DRAIN`]. A run whose pod has not finished waits on the cluster, not
+/// on baton: after an API server restart kube-scheduler's pod informer can
+/// be away for a minute and more (client-go retries the watch, gets 410
+/// Gone, then re-lists, each after a backoff of up to 30 s that jitter can
+/// double), and the pods made meanwhile stay Pending (a replay of seed
+/// 1795336493478530: 76 s from create to bind, the drain gave up after 45).
 const QUIET: Duration = Duration::from_secs(45);
 
 /// A run with one sub-workflow task whose child gets the suite's requests.
@@ -260,6 +267,7 @@ async fn main() {
     let pods_api: Api<Pod> = ns.api();
     let all = ListParams::default();
     let mut last_move = (Vec::new(), Instant::now());
+    let mut told_cluster = false;
     let (pods, runs, workflows) = loop {
         let listed = futures::try_join!(pods_api.list(&all), runs_api.list(&all), workflows_api.list(&all));
         if let Ok((pods, runs, workflows)) = listed {
@@ -269,15 +277,35 @@ async fn main() {
                 let phase = s.phase.unwrap_or_default();
                 caught_up && (phase.is_terminal() || (phase == baton::api::RunPhase::Paused && r.spec.suspend))
             };
-            let moving: Vec<(String, String)> =
-                runs.items.iter().filter(|r| !settled(r)).map(|r| (r.name_any(), r.resource_version().unwrap_or_default())).collect();
+            let unsettled: Vec<&WorkflowInstance> = runs.items.iter().filter(|r| !settled(r)).collect();
+            let waited: Vec<&Pod> = pods
+                .items
+                .iter()
+                .filter(|p| unsettled.iter().any(|r| baton::objects::controlled_by(&p.metadata, &r.uid().unwrap_or_default())))
+                .collect();
+            let moving: Vec<(String, String)> = unsettled
+                .iter()
+                .map(|r| (r.name_any(), r.resource_version().unwrap_or_default()))
+                .chain(waited.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())))
+                .collect();
             if moving != last_move.0 {
                 last_move = (moving, Instant::now());
             }
-            let quiet = last_move.1.elapsed() > QUIET;
-            if last_move.0.is_empty() || quiet || drain_start.elapsed() > DRAIN {
+            let unfinished: Vec<&&Pod> = waited.iter().filter(|p| !report::pod_finished(p)).collect();
+            let still = last_move.1.elapsed() > QUIET;
+            if still && !unfinished.is_empty() && !told_cluster {
+                told_cluster = true;
+                let unscheduled = unfinished.iter().filter(|p| !report::pod_scheduled(p)).count();
+                println!(
+                    "[chaos {:>6.1}s] drain: {} pods of unfinished runs not finished yet ({unscheduled} not scheduled); waiting for the cluster",
+                    start.elapsed().as_secs_f64(),
+                    unfinished.len()
+                );
+            }
+            let quiet = still && unfinished.is_empty();
+            if unsettled.is_empty() || quiet || drain_start.elapsed() > DRAIN {
                 if quiet {
-                    println!("[chaos] drain: {} unfinished runs did not change for {QUIET:?}; checking now", last_move.0.len());
+                    println!("[chaos] drain: {} unfinished runs did not change for {QUIET:?}; checking now", unsettled.len());
                 }
                 break (pods.items, runs.items, workflows.items);
             }
@@ -293,7 +321,7 @@ async fn main() {
     let outcome = {
         let mut j = journal.lock().unwrap();
         journal::merge_listed(&mut j, &pods, &runs);
-        report::check(&j, &config, &controllers, &runs, &workflows, faults_done, settled_after)
+        report::check(&j, &config, &controllers, &runs, &pods, &workflows, faults_done, settled_after)
     };
     drop(controllers);
     if outcome {

@@ -26,6 +26,7 @@ use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::time::Duration;
 
 use baton::api::{RunPhase, TaskPhase, Workflow, WorkflowInstance};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
@@ -70,6 +71,16 @@ fn duplicates(j: &Journal, made: &HashMap<String, Made>, what: &str, breaks: &mu
         ));
     }
     count
+}
+
+/// Whether the pod ran to its end (Succeeded or Failed).
+pub fn pod_finished(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// Whether kube-scheduler bound the pod to a node.
+pub fn pod_scheduled(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
 }
 
 fn secs(d: Duration) -> String {
@@ -247,11 +258,13 @@ fn identity(j: &Journal, final_runs: &[WorkflowInstance], breaks: &mut Vec<Strin
 }
 
 /// Checks every invariant, prints the table, and says whether all held.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     j: &Journal,
     config: &Config,
     controllers: &[ControllerProc],
     final_runs: &[WorkflowInstance],
+    final_pods: &[Pod],
     workflows: &[Workflow],
     faults_done: Duration,
     settled_after: Duration,
@@ -301,8 +314,19 @@ pub fn check(
         *phases.entry(phase.as_str()).or_default() += 1;
         if !ok {
             lost += 1;
+            // Whether the run waits on the cluster (a pod not scheduled or
+            // not finished) or on baton (its pods are done).
+            let uid = run.uid().unwrap_or_default();
+            let pods: Vec<(String, &str, &str)> = final_pods
+                .iter()
+                .filter(|p| baton::objects::controlled_by(&p.metadata, &uid))
+                .map(|p| {
+                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("-");
+                    (p.name_any(), phase, if pod_scheduled(p) { "scheduled" } else { "not scheduled" })
+                })
+                .collect();
             breaks.push(format!(
-                "invariant 2: run {name} did not finish: phase {phase:?}, progress {:?}, generation {:?} observed {:?}, suspend {}, owner {:?}, tasks {:?}",
+                "invariant 2: run {name} did not finish: phase {phase:?}, progress {:?}, generation {:?} observed {:?}, suspend {}, owner {:?}, tasks {:?}, pods {pods:?}",
                 status.progress,
                 run.metadata.generation,
                 status.observed_generation,
