@@ -676,7 +676,9 @@ pub struct TaskStatus {
     /// Retries used since the run started or since the last `retryFailed`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries_used: i32,
-    /// Pod of the current attempt (container tasks).
+    /// Pod of the current attempt (container tasks). Left out on a finished
+    /// instance of a fan-out, whose pod is `<run>-<task>-<index>-<attempt>`
+    /// (shortened like every generated name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
     /// Child run of the current attempt (workflowRef tasks).

@@ -307,6 +307,15 @@ impl<'a> Step<'a> {
         if message.is_some() {
             t.message = message;
         }
+        if u.instance.is_some() {
+            // A fan-out has up to 1,000 instances: a finished one leaves out
+            // what its name and attempts already say (its pod is
+            // `<run>-<task>-<index>-<attempt>`), and exit code 0.
+            t.pod_name = None;
+            if phase == TaskPhase::Succeeded && t.exit_code == Some(0) {
+                t.exit_code = None;
+            }
+        }
     }
 
     /// The run ends unit `u` while its child run may still be going: record
