@@ -283,9 +283,15 @@ pub fn validate(spec: &WorkflowSpec) -> Vec<Problem> {
     for (i, task) in spec.all_tasks().enumerate() {
         // Upstream is only known for a sound graph; without one, references
         // to tasks are not judged (the graph's problems come first).
-        let upstream = dag.as_ref().ok().map(|d| d.upstream(i));
-        let refs =
-            References { spec, task, is_exit: i >= spec.tasks.len(), declared: &declared, index: &index, upstream: upstream.as_ref() };
+        let refs = References {
+            spec,
+            task,
+            is_exit: i >= spec.tasks.len(),
+            declared: &declared,
+            index: &index,
+            upstream: std::cell::OnceCell::new(),
+            dag: dag.as_ref().ok().map(|d| (d, i)),
+        };
         problems.extend(refs.check());
     }
     problems.extend(name_collisions(spec));
@@ -312,7 +318,11 @@ struct References<'a> {
     is_exit: bool,
     declared: &'a BTreeSet<&'a str>,
     index: &'a HashMap<&'a str, usize>,
-    upstream: Option<&'a BTreeSet<usize>>,
+    /// The graph and this task's index in it, when the graph is sound.
+    dag: Option<(&'a Dag, usize)>,
+    /// Worked out only for a task that reads another's result: most do not,
+    /// and on a long chain it costs the chain's length.
+    upstream: std::cell::OnceCell<BTreeSet<usize>>,
 }
 
 impl References<'_> {
@@ -325,7 +335,8 @@ impl References<'_> {
         let Some(&j) = self.index.get(other) else {
             return Some(self.problem(format!("{what} names {other:?}, which is not a task of this workflow")));
         };
-        let upstream = self.upstream?;
+        let (dag, i) = self.dag?;
+        let upstream = self.upstream.get_or_init(|| dag.upstream(i));
         (!upstream.contains(&j)).then(|| {
             self.problem(format!(
                 "{what} reads task {other:?}, which is not upstream of it: add {other:?} to dependsOn (directly or through another task)"
