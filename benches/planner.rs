@@ -76,7 +76,7 @@ fn main() {
         }
         for a in plan.actions {
             if let Action::CreatePod { task, attempt } = a {
-                let base = baton::naming::parse_instance_key(&task).map_or(task.clone(), |(t, _)| t.to_string());
+                let base = baton::naming::task_of(&task).to_string();
                 observed.pods.push(ObservedPod {
                     name: baton::naming::pod("bench", &baton::naming::object_part(&task), attempt),
                     uid: String::new(),

@@ -433,7 +433,7 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
     record_progress(&status, &plan.status, &ctx.metrics);
     ctx.track(&uid, plan.status.phase);
     for note in &plan.events {
-        ctx.event(&written, note.warning, note.reason, note.message.clone());
+        ctx.event(&written, note.warning, &note.reason, note.message.clone());
     }
     let epoch = plan.status.owner.as_ref().map_or(0, |o| o.epoch);
     let (mut failures, mut waiting) = (Vec::new(), false);
@@ -504,10 +504,7 @@ async fn carry_out(
     action: &Action,
 ) -> Result<Done, Error> {
     let ns = run.namespace().unwrap_or_default();
-    let task_spec = |key: &str| {
-        let task = naming::parse_instance_key(key).map_or(key, |(task, _)| task);
-        workflow.task(task).expect("planned tasks exist")
-    };
+    let task_spec = |key: &str| workflow.task(naming::task_of(key)).expect("planned tasks exist");
     let invalid = |task: &str, message: String| Done::TaskFails(Failure { task: task.to_string(), reason: "TaskFailed", message });
     let status = run.status.clone().unwrap_or_default();
     let scope = |key: &str| results::RunScope::of_entry(run, workflow, &status, values, key);

@@ -180,6 +180,11 @@ impl Dag {
         0..self.exits_from
     }
 
+    /// Indices of the exit tasks.
+    pub fn exit_tasks(&self) -> std::ops::Range<usize> {
+        self.exits_from..self.len()
+    }
+
     /// Every task that has ended before `task` may start: its dependencies,
     /// theirs, and so on; for an exit task also every task of the DAG.
     pub fn upstream(&self, task: usize) -> BTreeSet<usize> {

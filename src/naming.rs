@@ -35,6 +35,12 @@ pub fn parse_instance_key(key: &str) -> Option<(&str, usize)> {
     Some((task, index.parse().ok()?))
 }
 
+/// The task an entry of `status.tasks` belongs to: the task of an
+/// instance, else the entry's own name.
+pub fn task_of(key: &str) -> &str {
+    parse_instance_key(key).map_or(key, |(task, _)| task)
+}
+
 /// What stands for the task in the pod and child names of an entry of
 /// `status.tasks`: the task's name, or `<task>-<index>` for an instance.
 pub fn object_part(key: &str) -> String {

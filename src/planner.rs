@@ -144,16 +144,16 @@ pub enum ChildRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Note {
     pub warning: bool,
-    pub reason: &'static str,
+    pub reason: String,
     pub message: String,
 }
 
 impl Note {
-    fn normal(reason: &'static str, message: String) -> Self {
-        Note { warning: false, reason, message }
+    fn normal(reason: &str, message: String) -> Self {
+        Note { warning: false, reason: reason.to_string(), message }
     }
-    fn warning(reason: &'static str, message: String) -> Self {
-        Note { warning: true, reason, message }
+    fn warning(reason: &str, message: String) -> Self {
+        Note { warning: true, reason: reason.to_string(), message }
     }
 }
 
@@ -382,7 +382,7 @@ impl<'a> Step<'a> {
     }
 
     /// Ends the run; condition `Finished` says how and why.
-    fn end_run(&mut self, phase: RunPhase, reason: &'static str, message: String) {
+    fn end_run(&mut self, phase: RunPhase, reason: &str, message: String) {
         self.st.phase = Some(phase);
         self.st.finished_at = Some(time(self.input.now));
         crate::conditions::set(

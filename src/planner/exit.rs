@@ -3,19 +3,16 @@
 //! once they have ended too, the run takes the DAG's outcome, or Failed if
 //! an exit task failed. Without exit tasks the run ends with the DAG.
 
-use super::{Note, RunPhase, Step, TaskPhase};
+use super::{Note, RunPhase, Step, TaskPhase, TaskStatus};
 use crate::dag::State;
 
 /// Condition of a run whose DAG has ended while its exit tasks run.
 pub const CONDITION_EXITING: &str = "Exiting";
 
-/// Reasons a DAG can end with; the run's `Finished` condition repeats it.
-const DAG_REASONS: [&str; 5] = ["Succeeded", "TaskFailed", "DeadlineExceeded", "Stopped", "ResultsTooLarge"];
-
 impl Step<'_> {
     /// The DAG has ended with `phase`: run the exit tasks, or end the run
     /// when there are none.
-    pub(super) fn dag_ended(&mut self, phase: RunPhase, reason: &'static str, message: String) {
+    pub(super) fn dag_ended(&mut self, phase: RunPhase, reason: &str, message: String) {
         if self.input.workflow.on_exit.is_empty() {
             return self.end_run(phase, reason, message);
         }
@@ -48,9 +45,7 @@ impl Step<'_> {
                 match unsatisfied {
                     None => self.dag_ended(RunPhase::Succeeded, "Succeeded", format!("all {} tasks succeeded", tasks.len())),
                     Some(&t) => {
-                        let e = &self.nodes[t].entry;
-                        let why = e.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-                        let message = format!("task {} ended {:?}{why}", e.name, e.phase);
+                        let message = format!("task {}", ended(&self.nodes[t].entry));
                         self.dag_ended(RunPhase::Failed, "TaskFailed", message)
                     }
                 }
@@ -61,27 +56,29 @@ impl Step<'_> {
         if self.st.phase.unwrap_or_default().is_terminal() {
             return ended_now;
         }
-        let exits: Vec<usize> = (0..self.nodes.len()).filter(|&t| dag.is_exit(t)).collect();
-        if !exits.iter().all(|&t| self.nodes[t].entry.phase.is_finished()) {
+        if !dag.exit_tasks().all(|t| self.nodes[t].entry.phase.is_finished()) {
             return ended_now;
         }
         let exiting = self.st.conditions.iter().find(|c| c.type_ == CONDITION_EXITING).cloned();
-        let failed = exits.iter().find(|&&t| super::state(&self.nodes[t].entry) == State::Unsatisfied);
-        match failed {
-            Some(&t) => {
-                let e = &self.nodes[t].entry;
-                let why = e.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-                let message = format!("exit task {} ended {:?}{why} (the DAG ended {})", e.name, e.phase, outcome.as_str());
+        match dag.exit_tasks().find(|&t| super::state(&self.nodes[t].entry) == State::Unsatisfied) {
+            Some(t) => {
+                let message = format!("exit task {} (the DAG ended {})", ended(&self.nodes[t].entry), outcome.as_str());
                 self.end_run(RunPhase::Failed, "ExitTaskFailed", message);
             }
+            // The run's end repeats why the DAG ended.
             None => {
-                let (reason, message) = exiting.map_or(("Finished", String::new()), |c| {
-                    (DAG_REASONS.iter().copied().find(|r| *r == c.reason).unwrap_or("Finished"), c.message)
-                });
-                self.end_run(outcome, reason, message);
+                let (reason, message) = exiting.map_or(("Finished".to_string(), String::new()), |c| (c.reason, c.message));
+                self.end_run(outcome, &reason, message);
             }
         }
-        self.set_exiting(false, "ExitTasksDone", format!("{} exit tasks ended", exits.len()));
+        self.set_exiting(false, "ExitTasksDone", format!("{} exit tasks ended", dag.exit_tasks().len()));
         ended_now
     }
+}
+
+/// How a task that did not succeed ended, for a condition message:
+/// `NAME ended PHASE: MESSAGE`.
+fn ended(e: &TaskStatus) -> String {
+    let why = e.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+    format!("{} ended {:?}{why}", e.name, e.phase)
 }

@@ -15,7 +15,6 @@ impl Step<'_> {
         task: usize,
         item: Option<serde_json::Value>,
     ) -> results::RunScope<'_, impl Fn(&str) -> Option<String> + '_> {
-        let phase = if self.input.dag.is_exit(task) { self.st.dag_phase } else { self.st.phase };
         results::RunScope {
             run_name: self.input.run_name,
             namespace: self.input.namespace,
@@ -25,7 +24,7 @@ impl Step<'_> {
                 results::result_of(self.input.workflow, name, std::iter::once(&node.entry).chain(&node.instances))
             },
             item,
-            phase: phase.unwrap_or(RunPhase::Running),
+            phase: results::run_phase(self.input.dag.is_exit(task), &self.st),
         }
     }
 
@@ -53,11 +52,7 @@ impl Step<'_> {
             return false;
         }
         let skipped_before = self.nodes.iter().filter(|n| n.entry.phase == TaskPhase::Skipped).count();
-        let failed = |step: &Self| {
-            step.units().into_iter().filter(|u| !dag.is_exit(u.task) && step.unit(*u).phase == TaskPhase::Failed).count()
-                + step.nodes.iter().enumerate().filter(|(t, n)| !dag.is_exit(*t) && n.entry.phase == TaskPhase::Failed).count()
-        };
-        let failed_before = failed(self);
+        let failed_before = self.failed_in_dag();
         let may_run = |task: usize| exiting == dag.is_exit(task);
         let states = self.states();
         let ready: Vec<usize> = dag.ready(&states).filter(|&t| may_run(t)).collect();
@@ -79,6 +74,11 @@ impl Step<'_> {
         let limit = self.input.workflow.parallelism.map_or(usize::MAX, |p| p.max(1) as usize);
         let slots = limit.saturating_sub(running);
         let mut parsed: BTreeMap<usize, Result<when::When, String>> = BTreeMap::new();
+        // What a `when` reads of other tasks: they are upstream of it, so
+        // nothing this pass decides changes them.
+        let names: Vec<String> = self.specs.iter().map(|s| s.name.clone()).collect();
+        let phases: BTreeMap<&str, &'static str> =
+            self.specs.iter().zip(&self.nodes).map(|(&s, n)| (s.name.as_str(), n.entry.phase.as_str())).collect();
         let mut approved = Vec::new();
         for u in candidates {
             if approved.len() >= slots {
@@ -91,7 +91,7 @@ impl Step<'_> {
             {
                 let expr = parsed.entry(u.task).or_insert_with(|| when::parse(source));
                 let decision = match expr {
-                    Ok(expr) => self.decide(u, expr),
+                    Ok(expr) => self.decide(u, expr, &names, &phases),
                     Err(e) => Err(format!("when does not parse: {e}")),
                 };
                 match decision {
@@ -110,7 +110,7 @@ impl Step<'_> {
             }
             approved.push(u);
         }
-        let fail_fast_now = self.input.workflow.fail_fast() && failed(self) > failed_before;
+        let fail_fast_now = self.input.workflow.fail_fast() && self.failed_in_dag() > failed_before;
         if !fail_fast_now {
             for u in approved {
                 self.start(u);
@@ -130,13 +130,20 @@ impl Step<'_> {
             || observed.children.iter().any(|c| !c.phase.is_some_and(RunPhase::is_terminal) && in_dag(&c.task))
     }
 
-    /// Evaluates `expr` for unit `u`.
-    fn decide(&self, u: Unit, expr: &when::When) -> Result<bool, String> {
+    /// Failed entries of the DAG's tasks and of their instances.
+    fn failed_in_dag(&self) -> usize {
+        self.input
+            .dag
+            .dag_tasks()
+            .flat_map(|t| std::iter::once(&self.nodes[t].entry).chain(&self.nodes[t].instances))
+            .filter(|e| e.phase == TaskPhase::Failed)
+            .count()
+    }
+
+    /// Evaluates `expr` for unit `u`; `names` and `phases` are the tasks'.
+    fn decide(&self, u: Unit, expr: &when::When, names: &[String], phases: &BTreeMap<&str, &'static str>) -> Result<bool, String> {
         let item = results::item_of(self.spec(u.task), self.unit(u))?;
-        let names: Vec<String> = self.specs.iter().map(|s| s.name.clone()).collect();
-        let phases: BTreeMap<&str, &'static str> =
-            self.specs.iter().zip(&self.nodes).map(|(s, n)| (s.name.as_str(), n.entry.phase.as_str())).collect();
-        self.scope(u.task, item).when(expr, &names, |n| phases.get(n).copied())
+        self.scope(u.task, item).when(expr, names, |n| phases.get(n).copied())
     }
 
     /// `when` was false: the unit is skipped, and its dependants still run.

@@ -98,14 +98,13 @@ impl Step<'_> {
                 reset(&mut node.entry);
             }
         }
-        let exit_failed = (0..self.nodes.len()).any(|t| self.input.dag.is_exit(t) && again(&self.nodes[t].entry));
+        let exit_failed = self.input.dag.exit_tasks().any(|t| again(&self.nodes[t].entry));
         if count == 0 && !exit_failed {
             self.events.push(Note::normal("RetryFailed", "nothing to re-run: no task failed, was skipped or stopped".into()));
             return;
         }
         // Exit tasks run again after the DAG ends again, over the same items.
-        let exits: Vec<usize> = (0..self.nodes.len()).filter(|&t| self.input.dag.is_exit(t)).collect();
-        for task in exits {
+        for task in self.input.dag.exit_tasks() {
             let node = &mut self.nodes[task];
             node.instances.iter_mut().for_each(reset);
             reset(&mut node.entry);

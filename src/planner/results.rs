@@ -124,21 +124,27 @@ impl<'a> RunScope<'a, Box<dyn Fn(&str) -> Option<String> + 'a>> {
         params: &'a BTreeMap<String, String>,
         key: &str,
     ) -> Result<Self, String> {
-        let task = naming::parse_instance_key(key).map_or(key, |(task, _)| task);
+        let task = naming::task_of(key);
         let item = match (workflow.task(task), status.tasks.iter().find(|t| t.name == key)) {
             (Some(spec), Some(entry)) => item_of(spec, entry)?,
             _ => None,
         };
-        let phase = if workflow.on_exit.iter().any(|t| t.name == task) { status.dag_phase } else { status.phase };
+        let phase = run_phase(workflow.on_exit.iter().any(|t| t.name == task), status);
         Ok(RunScope {
             run_name: run.metadata.name.as_deref().unwrap_or_default(),
             namespace: run.metadata.namespace.as_deref().unwrap_or_default(),
             params,
             result: Box::new(move |t: &str| result_of(workflow, t, &status.tasks)),
             item,
-            phase: phase.unwrap_or(RunPhase::Running),
+            phase,
         })
     }
+}
+
+/// `run.phase` as a task reads it: the DAG's outcome in an exit task, the
+/// run's phase in a task of the DAG.
+pub fn run_phase(exit_task: bool, status: &crate::api::WorkflowInstanceStatus) -> RunPhase {
+    if exit_task { status.dag_phase } else { status.phase }.unwrap_or(RunPhase::Running)
 }
 
 impl<R: Fn(&str) -> Option<String>> RunScope<'_, R> {

@@ -278,7 +278,7 @@ proptest! {
             let plan = sim.step(now);
             for a in &plan.actions {
                 if let Action::CreatePod { task, .. } = a {
-                    let base = crate::naming::parse_instance_key(task).map_or(task.as_str(), |(t, _)| t);
+                    let base = crate::naming::task_of(task);
                     let index = sim.workflow.all_tasks().position(|t| t.name == base).unwrap();
                     for &d in sim.dag.deps(index) {
                         let dep = &sim.status.tasks.iter().find(|t| t.name == sim.dag.name(d)).unwrap();
