@@ -1,6 +1,6 @@
 //! Data and control flow: results, `when`, fan-out, exit tasks.
 
-use super::{Sim, at, task};
+use super::{Sim, at, task, with_exit};
 use crate::api::{RunPhase, Shutdown, TaskPhase, TaskSpec, WorkflowSpec};
 use crate::planner::{Action, PodState, REASON_UPSTREAM_FAILED, REASON_WHEN_FALSE};
 use proptest::prelude::*;
@@ -8,10 +8,6 @@ use proptest::prelude::*;
 fn with_command(mut t: TaskSpec, command: &str) -> TaskSpec {
     t.container.as_mut().unwrap().command = Some(vec![command.into()]);
     t
-}
-
-fn entry<'a>(sim: &'a Sim, name: &str) -> &'a crate::api::TaskStatus {
-    sim.status.tasks.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no entry {name}"))
 }
 
 #[test]
@@ -25,8 +21,8 @@ fn a_result_is_kept_only_when_read_and_trimmed_of_one_newline() {
     sim.end_pod_with("r-gen-0", 0, Some("hello\n"));
     sim.end_pod_with("r-other-0", 0, Some("ignored"));
     sim.step(1);
-    assert_eq!(entry(&sim, "gen").outputs.as_ref().unwrap().result.as_deref(), Some("hello"));
-    assert_eq!(entry(&sim, "other").outputs, None, "nothing reads it");
+    assert_eq!(sim.entry("gen").outputs.as_ref().unwrap().result.as_deref(), Some("hello"));
+    assert_eq!(sim.entry("other").outputs, None, "nothing reads it");
     assert_eq!(sim.running_pods(), ["r-use-0"]);
 }
 
@@ -36,7 +32,7 @@ fn a_failed_tasks_message_ends_with_its_log() {
     sim.step(0);
     sim.end_pod_with("r-a-0", 2, Some("line 1\nfatal: disk full\n"));
     sim.step(1);
-    let message = entry(&sim, "a").message.clone().unwrap();
+    let message = sim.entry("a").message.clone().unwrap();
     assert!(message.starts_with("pod r-a-0 failed: exit code 2") && message.ends_with("fatal: disk full"), "{message}");
 }
 
@@ -50,7 +46,7 @@ fn when_false_skips_and_the_join_still_runs() {
     sim.end_pod_with("r-check-0", 0, Some("not ok"));
     let plan = sim.step(1);
     assert_eq!(sim.phase("publish"), TaskPhase::Skipped);
-    assert_eq!(entry(&sim, "publish").reason.as_deref(), Some(REASON_WHEN_FALSE));
+    assert_eq!(sim.entry("publish").reason.as_deref(), Some(REASON_WHEN_FALSE));
     assert!(plan.events.iter().any(|e| e.reason == "TaskSkipped" && e.message.contains("tasks.check.outputs.result == 'ok'")));
     assert_eq!(sim.running_pods(), ["r-join-0"], "a task skipped by its when satisfies its dependants");
     sim.end_pod("r-join-0", 0);
@@ -71,7 +67,7 @@ fn when_true_runs_and_a_runtime_error_fails_the_task_with_the_cel_message() {
     sim.step(1);
     assert_eq!(sim.running_pods(), ["r-yes-0"]);
     assert_eq!(sim.phase("broken"), TaskPhase::Failed);
-    let message = entry(&sim, "broken").message.clone().unwrap();
+    let message = sim.entry("broken").message.clone().unwrap();
     assert!(message.starts_with("when failed: "), "{message}");
 }
 
@@ -87,7 +83,7 @@ fn a_failed_dependency_skips_dependants_as_upstream_failed() {
     sim.end_pod("r-a-0", 1);
     sim.step(1);
     for t in ["b", "c"] {
-        assert_eq!((sim.phase(t), entry(&sim, t).reason.as_deref()), (TaskPhase::Skipped, Some(REASON_UPSTREAM_FAILED)));
+        assert_eq!((sim.phase(t), sim.entry(t).reason.as_deref()), (TaskPhase::Skipped, Some(REASON_UPSTREAM_FAILED)));
     }
     assert_eq!(sim.running_pods(), ["r-x-0"], "an independent branch goes on");
 }
@@ -108,8 +104,8 @@ fn fan_out_counts_instances_against_parallelism_and_gathers_results_in_order() {
     let mut sim = Sim::new(wf);
     sim.step(0);
     assert_eq!(sim.running_pods(), ["r-p-0-0", "r-p-1-0"]);
-    assert_eq!(entry(&sim, "p(3)").item, None, "withItems are read from the spec, not copied");
-    let item = crate::planner::results::item_of(&sim.workflow.tasks[0], entry(&sim, "p(3)")).unwrap();
+    assert_eq!(sim.entry("p(3)").item, None, "withItems are read from the spec, not copied");
+    let item = crate::planner::results::item_of(&sim.workflow.tasks[0], sim.entry("p(3)")).unwrap();
     assert_eq!(item, Some(serde_json::json!({"id": 3})));
     let mut now = 1;
     while sim.phase("p") == TaskPhase::Running {
@@ -138,7 +134,7 @@ fn a_with_param_that_is_not_a_list_fails_the_task_quoting_it() {
     sim.end_pod_with("r-gen-0", 0, Some("eu us"));
     sim.step(1);
     assert_eq!(sim.phase("p"), TaskPhase::Failed);
-    assert!(entry(&sim, "p").message.as_ref().unwrap().ends_with(": eu us"));
+    assert!(sim.entry("p").message.as_ref().unwrap().ends_with(": eu us"));
     assert_eq!(sim.status.phase, Some(RunPhase::Failed));
 }
 
@@ -148,10 +144,6 @@ fn an_empty_list_skips_the_task_and_dependants_run() {
     sim.step(0);
     assert_eq!(sim.phase("p"), TaskPhase::Skipped);
     assert_eq!(sim.running_pods(), ["r-after-0"]);
-}
-
-fn with_exit(tasks: Vec<TaskSpec>, exits: Vec<TaskSpec>) -> WorkflowSpec {
-    WorkflowSpec { tasks, on_exit: exits, ..Default::default() }
 }
 
 #[test]
@@ -209,7 +201,7 @@ fn stop_runs_exit_tasks_and_terminate_does_not() {
             sim.end_pod("r-notify-0", 0);
             sim.step(3);
         } else {
-            assert_eq!(entry(&sim, "notify").phase, TaskPhase::Skipped);
+            assert_eq!(sim.entry("notify").phase, TaskPhase::Skipped);
         }
         assert_eq!(sim.status.phase, Some(RunPhase::Stopped), "{shutdown:?}");
         assert_eq!(sim.observed.pods.iter().filter(|p| p.name.starts_with("r-notify")).count(), usize::from(exit_runs));
@@ -227,10 +219,7 @@ fn results_past_the_cap_fail_the_run_naming_the_task() {
     sim.step(0);
     let mut now = 1;
     while !sim.status.phase.unwrap().is_terminal() && now < 50 {
-        let running: Vec<String> = sim.running_pods().iter().map(|s| s.to_string()).collect();
-        for name in running {
-            sim.end_pod_with(&name, 0, Some(&big));
-        }
+        sim.end_running(0, Some(&big));
         sim.step(now);
         now += 1;
     }

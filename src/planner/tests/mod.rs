@@ -15,6 +15,11 @@ fn diamond() -> WorkflowSpec {
     WorkflowSpec { tasks: vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])], ..Default::default() }
 }
 
+/// A workflow with these tasks and exit tasks.
+pub(super) fn with_exit(tasks: Vec<TaskSpec>, exits: Vec<TaskSpec>) -> WorkflowSpec {
+    WorkflowSpec { tasks, on_exit: exits, ..Default::default() }
+}
+
 pub(super) fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
 }
@@ -107,8 +112,22 @@ impl Sim {
         p.message = message.map(str::to_string);
     }
 
+    /// The status entry `name` (a task, or an instance `TASK(i)`).
+    pub(super) fn entry(&self, name: &str) -> &TaskStatus {
+        self.status.tasks.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no entry {name}"))
+    }
+
     pub(super) fn phase(&self, task: &str) -> TaskPhase {
-        self.status.tasks.iter().find(|t| t.name == task).unwrap().phase
+        self.entry(task).phase
+    }
+
+    /// Ends every running pod with `code`, leaving `message` as its
+    /// termination message.
+    pub(super) fn end_running(&mut self, code: i32, message: Option<&str>) {
+        let running: Vec<String> = self.running_pods().iter().map(|s| s.to_string()).collect();
+        for name in running {
+            self.end_pod_with(&name, code, message);
+        }
     }
 
     pub(super) fn running_pods(&self) -> Vec<&str> {
@@ -272,9 +291,7 @@ fn retry_failed_reruns_failed_skipped_and_stopped_tasks() {
     sim.end_pod("r-a-1", 0);
     for t in 3..6 {
         sim.step(t);
-        for p in sim.running_pods().iter().map(|s| s.to_string()).collect::<Vec<_>>() {
-            sim.end_pod(&p, 0);
-        }
+        sim.end_running(0, None);
     }
     sim.step(7);
     assert_eq!(sim.status.phase, Some(RunPhase::Succeeded));

@@ -1,24 +1,9 @@
 //! Adversarial review of cb285bb: each test states what DESIGN.md / issue 12
 //! promise and fails where the planner breaks it.
 
-use super::{Sim, task};
-use crate::api::{RunPhase, Shutdown, TaskPhase, TaskSpec, TaskWorkflowRef, WorkflowSpec};
+use super::{Sim, task, with_exit};
+use crate::api::{RunPhase, Shutdown, TaskPhase, TaskWorkflowRef, WorkflowSpec};
 use crate::planner::{Action, PodState};
-
-fn entry<'a>(sim: &'a Sim, name: &str) -> &'a crate::api::TaskStatus {
-    sim.status.tasks.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no entry {name}"))
-}
-
-fn with_exit(tasks: Vec<TaskSpec>, exits: Vec<TaskSpec>) -> WorkflowSpec {
-    WorkflowSpec { tasks, on_exit: exits, ..Default::default() }
-}
-
-fn end_all_running(sim: &mut Sim, code: i32) {
-    let running: Vec<String> = sim.running_pods().iter().map(|s| s.to_string()).collect();
-    for p in running {
-        sim.end_pod(&p, code);
-    }
-}
 
 /// R1. A run that is stopped before any controller first planned it (created
 /// with shutdown: Stop, or stopped while no one owned it) and that has exit
@@ -29,7 +14,7 @@ fn review_stop_before_first_step_with_exit_tasks_ends_the_run() {
     sim.spec.shutdown = Shutdown::Stop;
     for now in 0..5 {
         sim.step(now);
-        end_all_running(&mut sim, 0);
+        sim.end_running(0, None);
     }
     assert_eq!(sim.status.dag_phase, Some(RunPhase::Stopped));
     assert_eq!(
@@ -37,7 +22,7 @@ fn review_stop_before_first_step_with_exit_tasks_ends_the_run() {
         Some(RunPhase::Stopped),
         "Stop runs the exit tasks and ends the run; got phase {:?}, notify {:?}",
         sim.status.phase,
-        entry(&sim, "notify").phase
+        sim.entry("notify").phase
     );
 }
 
@@ -53,9 +38,9 @@ fn review_stop_of_a_paused_run_with_exit_tasks_ends_the_run() {
     sim.spec.shutdown = Shutdown::Stop;
     for now in 2..8 {
         sim.step(now);
-        end_all_running(&mut sim, 0);
+        sim.end_running(0, None);
     }
-    assert_eq!(sim.status.phase, Some(RunPhase::Stopped), "notify is {:?}", entry(&sim, "notify").phase);
+    assert_eq!(sim.status.phase, Some(RunPhase::Stopped), "notify is {:?}", sim.entry("notify").phase);
 }
 
 /// R3. An exit task's `when` is not evaluated again after retryFailed (it is
@@ -80,7 +65,7 @@ fn review_exit_task_when_is_decided_again_after_retry_failed() {
     sim.step(4);
     assert_eq!(sim.status.dag_phase, Some(RunPhase::Succeeded), "the retried DAG succeeded");
     assert_eq!(
-        entry(&sim, "notify").phase,
+        sim.entry("notify").phase,
         TaskPhase::Skipped,
         "when 'run.phase != Succeeded' is false now; running pods: {:?}",
         sim.running_pods()
@@ -147,7 +132,7 @@ fn review_fail_fast_no_sibling_starts_in_the_write_that_fails_a_when() {
         sim.step(0);
         sim.end_pod_with("r-gen-0", 0, Some(r#"{"n": 2}"#));
         let plan = sim.step(1);
-        assert_eq!(entry(&sim, &name).phase, TaskPhase::Failed);
+        assert_eq!(sim.entry(&name).phase, TaskPhase::Failed);
         if plan.actions.contains(&Action::CreatePod { task: "deploy".into(), attempt: 0 }) {
             wrong.push(format!("{name} failed in this write, yet deploy is started with failFast: {:?}", plan.actions));
         }
@@ -245,7 +230,7 @@ fn review_a_fan_out_ended_by_fail_fast_is_not_when_false() {
     assert_eq!(sim.running_pods(), ["r-slow-0", "r-bad-0"]);
     sim.end_pod("r-bad-0", 1);
     sim.step(1);
-    let p = entry(&sim, "p");
+    let p = sim.entry("p");
     assert_ne!(p.reason.as_deref(), Some(crate::planner::REASON_WHEN_FALSE), "p: {:?} {:?} {:?}", p.phase, p.reason, p.message);
     let _ = PodState::Running;
 }
