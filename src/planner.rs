@@ -238,7 +238,9 @@ struct Step<'a> {
     st: WorkflowInstanceStatus,
     events: Vec<Note>,
     /// Tasks whose results a later template or `when` reads.
-    kept: std::collections::BTreeSet<String>,
+    /// Worked out when a task first succeeds: it parses every `when`,
+    /// which most steps need not do.
+    kept: std::cell::OnceCell<std::collections::BTreeSet<String>>,
     /// Bytes of results kept in status so far.
     kept_bytes: usize,
     /// A result that would have taken the kept results past the limit.
@@ -251,7 +253,7 @@ impl<'a> Step<'a> {
         let specs: Vec<&TaskSpec> = input.workflow.all_tasks().collect();
         let nodes = nodes(&specs, std::mem::take(&mut st.tasks));
         let kept_bytes = nodes.iter().flat_map(|n| std::iter::once(&n.entry).chain(&n.instances)).map(results::kept_size).sum();
-        Step { input, specs, nodes, st, events: Vec::new(), kept: results::kept(input.workflow), kept_bytes, results_overflow: None }
+        Step { input, specs, nodes, st, events: Vec::new(), kept: std::cell::OnceCell::new(), kept_bytes, results_overflow: None }
     }
 
     fn spec(&self, task: usize) -> &'a TaskSpec {

@@ -85,7 +85,7 @@ impl Step<'_> {
     /// [`results::MAX_KEPT`]: then the unit fails, and so does the run.
     fn keep_result(&mut self, u: Unit, message: Option<&str>) {
         let name = &self.spec(u.task).name;
-        if !self.kept.contains(name.as_str()) {
+        if !self.kept.get_or_init(|| results::kept(self.input.workflow)).contains(name.as_str()) {
             return;
         }
         let result = results::read(message);
