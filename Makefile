@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # end-to-end tests configure them); `make build` and the benchmarks do not.
 TEST_FEATURES := --features failpoints
 
-.PHONY: all build crds test bench bench-runs bench-webhook demo demo-down cluster-up cluster-down helm chart chaos clean
+.PHONY: all build crds test bench bench-runs bench-scale bench-webhook demo demo-down cluster-up cluster-down helm chart chaos clean
 
 all: build
 
@@ -64,6 +64,11 @@ bench:
 ## 1,000 runs against the local control plane (BENCH_RUNS=n to change).
 bench-runs: cluster-up
 	$(CARGO) bench --bench runs
+
+## Memory and start-to-ready of one controller with 10,000 finished runs
+## and their pods cached (BENCH_FINISHED=n to change).
+bench-scale: cluster-up
+	$(CARGO) bench --bench scale
 
 ## Pod-create latency (p50/p99) with and without the admission webhook, on
 ## the local control plane (BENCH_PODS=n creates of each, default 300).

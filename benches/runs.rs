@@ -26,7 +26,7 @@ async fn main() {
     }
     let n: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let ns = support::TestNs::new("bench").await;
-    let _controllers: Vec<_> = ["c0", "c1", "c2"].iter().map(|id| ns.controller(id)).collect();
+    let controllers: Vec<_> = ["c0", "c1", "c2"].iter().map(|id| ns.controller(id)).collect();
     ns.apply(WORKFLOW);
     let api: Api<WorkflowInstance> = ns.api();
     let start = Instant::now();
@@ -69,5 +69,24 @@ async fn main() {
         println!("throughput:                   {:.1} runs/s", n as f64 / f.as_secs_f64());
     }
     println!("runs lost:                    {} (owned {with_owner}/{n}, finished {done}/{n})", n - done);
+    // What the controllers asked of the API server, per run (Leases aside).
+    let mut requests = std::collections::BTreeMap::<String, f64>::new();
+    for c in &controllers {
+        for (kind, count) in support::requests(c.metrics_addr().await) {
+            *requests.entry(kind).or_default() += count;
+        }
+    }
+    requests.retain(|kind, _| !kind.ends_with(" leases"));
+    let per_run = |verbs: &[&str]| {
+        requests.iter().filter(|(k, _)| verbs.iter().any(|v| k.starts_with(&format!("{v} ")))).map(|(_, c)| c).sum::<f64>() / n as f64
+    };
+    println!(
+        "API requests per run:         {:.2} writes, {:.2} reads (get, list)",
+        per_run(&["create", "update", "patch", "delete"]),
+        per_run(&["get", "list"])
+    );
+    for (kind, count) in &requests {
+        println!("  {kind:<40} {:.2}", count / n as f64);
+    }
     ns.done().await;
 }

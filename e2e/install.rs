@@ -630,6 +630,13 @@ async fn chart_rbac_is_enough_to_run_workflows_and_no_more() {
         assert_eq!(done.status.unwrap().phase, Some(RunPhase::Succeeded), "run {run}");
     }
 
+    // A run of a Workflow that does not exist fails visibly. The cache does
+    // not have it, so the controller asks the API server (the Workflow `get`).
+    ns.apply("apiVersion: baton.dev/v1alpha1\nkind: WorkflowInstance\nmetadata: {name: nowhere}\nspec: {workflowRef: {name: missing}}\n");
+    let done = wait_phase(&ns, "nowhere", |p| matches!(p, RunPhase::Failed)).await;
+    let valid = done.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Valid").expect("condition Valid");
+    assert_eq!(valid.reason, "WorkflowNotFound");
+
     // The chart's webhook judged every pod and child run, through this
     // controller (the only one serving it) and with the chart's RBAC.
     let allowed = controller.metric("baton_admission_reviews_total{verdict=\"allowed\"}");

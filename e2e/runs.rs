@@ -263,3 +263,50 @@ async fn missing_or_invalid_workflow_fails_the_run_visibly() {
     assert!(cond.message.contains("dependency cycle: a -> b -> a"), "{}", cond.message);
     ns.done().await;
 }
+
+/// The API budget of a run: a single-task run costs its pod's create and at
+/// most three writes of the controller's own (one status write that claims
+/// and starts it, one that ends it, the run's end Event), and no reads:
+/// pods and Workflows come from the controller's watches. (The admission
+/// webhook's read of the run, one per create it judges, is its fence and
+/// counted apart.)
+#[tokio::test]
+async fn a_single_task_run_costs_three_writes_besides_its_pod_and_no_reads() {
+    let ns = TestNs::new("budget").await;
+    let controller = ns.controller("c0");
+    let addr = controller.metrics_addr().await;
+    ns.apply(&workflow("one", "", &[task("only", &[], "200ms", 0, "")]));
+    let workflows: Api<baton::api::Workflow> = ns.api();
+    wait_for("the workflow to be owned and checked", RUN_TIMEOUT, || async {
+        let wf = workflows.get("one").await.map_err(|e| e.to_string())?;
+        let checked = wf.status.as_ref().is_some_and(|s| s.owner.is_some() && s.conditions.iter().any(|c| c.type_ == "Valid"));
+        if checked { Ok(()) } else { Err(format!("{:?}", wf.status)) }
+    })
+    .await;
+    let reviews = || crate::support::metric(addr, "baton_admission_reviews_total{verdict=\"allowed\"}");
+    let (before, reviews_before) = (crate::support::requests(addr), reviews());
+
+    ns.apply(&run("one-1", "one", ""));
+    let done = wait_phase(&ns, "one-1", |p| p.is_terminal()).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(RunPhase::Succeeded));
+    assert!(done.status.unwrap().cleaned_up(), "cleaned up in the run's last write");
+    // Anything the run still wakes up (its pod's last events) has happened.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let after = crate::support::requests(addr);
+    let used: Vec<(String, f64)> = after
+        .iter()
+        .map(|(kind, n)| (kind.clone(), n - before.get(kind).copied().unwrap_or(0.0)))
+        .filter(|(kind, n)| *n > 0.0 && !kind.ends_with(" leases") && !kind.starts_with("watch "))
+        .collect();
+    let count = |verbs: &[&str], except: &str| {
+        used.iter().filter(|(k, _)| k != except && verbs.iter().any(|v| k.starts_with(&format!("{v} ")))).map(|(_, n)| n).sum::<f64>()
+    };
+    let webhook_reads = reviews() - reviews_before;
+    assert_eq!(count(&["create"], ""), count(&["create"], "create pods") + 1.0, "one pod created: {used:?}");
+    let own_writes = count(&["create", "update", "patch", "delete"], "create pods");
+    assert!(own_writes <= 3.0, "{own_writes} writes of the controller's own: {used:?}");
+    assert_eq!(count(&["get", "list"], "") - webhook_reads, 0.0, "reads besides the webhook's {webhook_reads}: {used:?}");
+    controller.assert_no_panic();
+    ns.done().await;
+}

@@ -154,6 +154,20 @@ pub fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
+/// The requests the controller at `addr` made to the API server, by
+/// `verb resource` (its `baton_api_requests_total`).
+pub fn requests(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let (_, body) = http(addr, "GET", "/metrics", "");
+    body.lines()
+        .filter_map(|l| {
+            let labels = l.strip_prefix("baton_api_requests_total{")?;
+            let (labels, value) = labels.split_once("} ")?;
+            let label = |k: &str| labels.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\"")?.strip_suffix('"'));
+            Some((format!("{} {}", label("verb")?, label("resource")?), value.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Lease timing used by tests: short, so failover tests finish quickly.
 pub const LEASE_DURATION: Duration = Duration::from_secs(4);
 
@@ -212,7 +226,12 @@ impl ControllerProc {
     }
 
     fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+        Pid::from_raw(self.pid_number() as i32)
+    }
+
+    /// The process id, for reading /proc.
+    pub fn pid_number(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     fn signal(&self, s: Signal) {

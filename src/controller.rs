@@ -1,20 +1,23 @@
-//! The WorkflowInstance reconciler: decides who owns the run, then fetches
-//! what the planner needs, records the plan with one fenced status write,
-//! and carries out its actions (idempotent creates, deletes, child steering).
+//! The WorkflowInstance reconciler: decides who owns the run, then takes
+//! what the planner needs from this controller's caches (no reads of the
+//! API server per reconcile), records the plan (and a claim, if it claims)
+//! with one fenced status write, and carries out its actions (idempotent
+//! creates, deletes, child steering).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -22,6 +25,7 @@ use crate::api::{
     CONDITION_CLEANED_UP, Owner, OwnerChange, OwnerChangeReason, RunPhase, TaskPhase, Workflow, WorkflowInstance, WorkflowInstanceStatus,
     WorkflowSpec,
 };
+use crate::cache::{Cache, Observe};
 use crate::dag::{self, Dag};
 use crate::fence::{self, Fence, FenceError};
 use crate::lease::Membership;
@@ -29,10 +33,9 @@ use crate::metrics::{ClaimLabel, ErrorLabel, Metrics, PhaseLabel};
 use crate::naming;
 use crate::objects::{
     self, ANNOTATION_PARENT_STOP, ANNOTATION_PARENT_SUSPEND, ANNOTATION_PARENT_SUSPEND_PRIOR, Belongs, LABEL_INSTANCE, LABEL_PARENT,
-    LABEL_TASK,
 };
 use crate::ownership::{self, Decision};
-use crate::planner::{self, Action, ChildRequest, Observed, ObservedChild, ObservedPod, Passed, PodState, results};
+use crate::planner::{self, Action, ChildRequest, Observed, results};
 
 /// Owner changes kept in `status.ownerHistory`.
 const OWNER_HISTORY: usize = 10;
@@ -55,10 +58,23 @@ pub struct Context {
     /// Runs this controller owns (uid -> phase), for the gauges and for the
     /// shutdown that waits until they are released.
     owned: Mutex<HashMap<String, RunPhase>>,
+    /// Every run's pods and child runs, from the watches.
+    pub cache: Cache,
+    /// The Workflows, from the Workflow controller's watch.
+    pub workflows: Store<Workflow>,
+    /// Watches of whole objects whose first listing is complete (runs,
+    /// Workflows); with the cache's own, readiness.
+    synced: Mutex<Vec<&'static str>>,
+    /// Record an Event for every task start and end (`--task-events`), not
+    /// only for warnings, owner changes and the run's end.
+    pub task_events: bool,
+    /// Runs whose status this controller wrote, and the resourceVersion
+    /// the write replaced, until the watch delivers the write.
+    replaced: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
-    pub fn new(client: Client, membership: Membership, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, membership: Membership, metrics: Arc<Metrics>, workflows: Store<Workflow>, task_events: bool) -> Self {
         let reporter = Reporter { controller: "baton-controller".into(), instance: Some(membership.identity().to_string()) };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
@@ -67,7 +83,46 @@ impl Context {
             metrics,
             draining: AtomicBool::new(false),
             owned: Mutex::default(),
+            cache: Cache::default(),
+            workflows,
+            synced: Mutex::default(),
+            task_events,
+            replaced: Mutex::default(),
         }
+    }
+
+    /// The watches that have not listed everything once yet. Until every
+    /// one has, an absent pod or Workflow means nothing, so no run is acted on.
+    pub fn listing(&self) -> Vec<&'static str> {
+        let synced = self.synced.lock().expect("poisoned");
+        let mut listing: Vec<&'static str> = ["runs", "workflows"].into_iter().filter(|w| !synced.contains(w)).collect();
+        listing.extend(self.cache.listing());
+        listing
+    }
+
+    pub fn synced(&self) -> bool {
+        self.listing().is_empty()
+    }
+
+    /// Notes, from an event of the watch `what`, when it has listed
+    /// everything once. (Not `Store::wait_until_ready`: of several waiters
+    /// on one store, kube wakes only one.)
+    pub(crate) fn note_listed<K>(&self, what: &'static str, event: &watcher::Event<K>) {
+        if matches!(event, watcher::Event::InitDone) {
+            let mut synced = self.synced.lock().expect("poisoned");
+            if !synced.contains(&what) {
+                synced.push(what);
+            }
+        }
+    }
+
+    /// The Workflow `name` in `ns`: from the cache, or, when the cache does
+    /// not have it (yet), from the API server.
+    async fn workflow(&self, ns: &str, name: &str) -> Result<Option<Workflow>, Error> {
+        if let Some(wf) = self.workflows.get(&ObjectRef::new(name).within(ns)) {
+            return Ok(Some((*wf).clone()));
+        }
+        Ok(Api::<Workflow>::namespaced(self.client.clone(), ns).get_opt(name).await?)
     }
 
     /// What to do with an object (run or Workflow) whose status names
@@ -83,6 +138,23 @@ impl Context {
             idle,
             draining: self.draining.load(Ordering::SeqCst),
         })
+    }
+
+    /// Whether `run`, as the cache has it, is a version this controller has
+    /// since replaced with a status write that the watch has not delivered
+    /// yet. Acting on it would only lose a race (409) and cost a write; the
+    /// write's own event brings the run back.
+    fn behind(&self, run: &WorkflowInstance) -> bool {
+        let mut replaced = self.replaced.lock().expect("poisoned");
+        let uid = run.uid().unwrap_or_default();
+        match replaced.get(&uid) {
+            Some(old) if run.metadata.resource_version.as_ref() == Some(old) => true,
+            Some(_) => {
+                replaced.remove(&uid);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Unfinished runs this controller still owns.
@@ -206,10 +278,15 @@ async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<
     let _timer = ctx.metrics.reconcile_timer();
     if run.metadata.deletion_timestamp.is_some() {
         ctx.track(&run.uid().unwrap_or_default(), None);
+        ctx.replaced.lock().expect("poisoned").remove(&run.uid().unwrap_or_default());
         return Ok(Requeue::await_change());
     }
-    if !ctx.membership.valid() {
-        // Cut off: act on nothing until our Lease is renewed.
+    if ctx.behind(&run) {
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
+    if !ctx.membership.valid() || !ctx.synced() {
+        // Cut off (act on nothing until our Lease is renewed), or still
+        // listing what exists.
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     }
     let api: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
@@ -222,35 +299,65 @@ async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<
             Ok(Requeue::await_change())
         }
         Decision::Release => release(&api, &run, status, &ctx).await,
-        Decision::Claim(reason) => {
-            let claimed = claim(&api, &run, status, reason, &ctx).await?;
-            execute(&api, claimed, &ctx).await
-        }
-        Decision::Act => execute(&api, (*run).clone(), &ctx).await,
+        Decision::Claim(reason) => execute(&api, (*run).clone(), Some(reason), &ctx).await,
+        Decision::Act => execute(&api, (*run).clone(), None, &ctx).await,
     }
 }
 
-async fn claim(
+/// A claim of a run, made in the same status write as the first step of
+/// its new owner (one write, not two).
+struct Claim {
+    reason: OwnerChangeReason,
+    previous: Option<String>,
+}
+
+impl Claim {
+    /// Makes this controller the owner in `status`, one epoch up.
+    fn take(status: &mut WorkflowInstanceStatus, reason: OwnerChangeReason, membership: &Membership) -> Claim {
+        let previous = status.owner.as_ref().map(|o| o.controller.clone()).filter(|c| !c.is_empty());
+        let owner = next_owner(status.owner.as_ref(), membership);
+        let change = OwnerChange { controller: owner.controller.clone(), epoch: owner.epoch, since: owner.since.clone(), reason };
+        status.owner = Some(owner);
+        status.owner_history.push(change);
+        let excess = status.owner_history.len().saturating_sub(OWNER_HISTORY);
+        status.owner_history.drain(..excess);
+        Claim { reason, previous }
+    }
+
+    /// Reports the claim once its write succeeded. The first owner of a
+    /// run gets no Event (the run is new); a change of owner does.
+    fn report(&self, written: &WorkflowInstance, ctx: &Context) {
+        let epoch = written.status.as_ref().and_then(|s| s.owner.as_ref()).map_or(0, |o| o.epoch);
+        let reason = self.reason;
+        ctx.metrics.claims.get_or_create(&ClaimLabel { reason: reason.into() }).inc();
+        let old = self.previous.as_deref().unwrap_or("nobody");
+        info!(epoch, ?reason, from = %old, "claimed run");
+        if reason != OwnerChangeReason::Created {
+            let message = format!("owner changed from {old} to {} (epoch {epoch}, {reason:?})", ctx.membership.identity());
+            ctx.event(written, reason == OwnerChangeReason::Failover, "OwnerChanged", message);
+        }
+    }
+}
+
+/// Writes a run's status (fenced), reporting a claim made in it.
+async fn write(
     api: &Api<WorkflowInstance>,
     run: &WorkflowInstance,
-    mut status: WorkflowInstanceStatus,
-    reason: OwnerChangeReason,
+    status: WorkflowInstanceStatus,
+    claim: Option<&Claim>,
     ctx: &Context,
 ) -> Result<WorkflowInstance, Error> {
-    let me = ctx.membership.identity().to_string();
-    let previous = status.owner.clone();
-    let owner = next_owner(previous.as_ref(), &ctx.membership);
-    let (epoch, since) = (owner.epoch, owner.since.clone());
-    status.owner = Some(owner);
-    status.owner_history.push(OwnerChange { controller: me.clone(), epoch, since, reason });
-    let excess = status.owner_history.len().saturating_sub(OWNER_HISTORY);
-    status.owner_history.drain(..excess);
-    let written = fence::write_status(api, run, status, Fence::Claim, &ctx.membership, &ctx.metrics).await?;
-    ctx.metrics.claims.get_or_create(&ClaimLabel { reason: reason.into() }).inc();
-    let old = previous.map(|o| o.controller).filter(|c| !c.is_empty()).unwrap_or_else(|| "nobody".into());
-    info!(epoch, ?reason, from = %old, "claimed run");
-    let message = format!("owner changed from {old} to {me} (epoch {epoch}, {reason:?})");
-    ctx.event(&written, reason == OwnerChangeReason::Failover, "OwnerChanged", message);
+    let fence = if claim.is_some() { Fence::Claim } else { Fence::Owner };
+    let written = fence::write_status(api, run, status, fence, &ctx.membership, &ctx.metrics).await?;
+    // (A write that changed nothing keeps the resourceVersion: nothing to wait for.)
+    if let (Some(uid), Some(replaced)) = (run.uid(), run.resource_version())
+        && written.resource_version() != Some(replaced.clone())
+    {
+        ctx.replaced.lock().expect("poisoned").insert(uid, replaced);
+    }
+    if let Some(claim) = claim {
+        claim.report(&written, ctx);
+    }
     Ok(written)
 }
 
@@ -263,7 +370,7 @@ async fn release(
     if let Some(owner) = status.owner.as_mut() {
         owner.release();
     }
-    let written = fence::write_status(api, run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
+    let written = write(api, run, status, None, ctx).await?;
     ctx.metrics.releases.inc();
     ctx.track(&run.uid().unwrap_or_default(), None);
     info!("released run to its assigned controller");
@@ -275,7 +382,7 @@ async fn release(
 async fn reject(
     api: &Api<WorkflowInstance>,
     run: &WorkflowInstance,
-    mut status: WorkflowInstanceStatus,
+    (mut status, claim): (WorkflowInstanceStatus, Option<&Claim>),
     reason: &str,
     message: String,
     ctx: &Context,
@@ -293,102 +400,58 @@ async fn reject(
     status.phase = Some(RunPhase::Failed);
     status.finished_at = Some(now());
     status.observed_generation = run.metadata.generation;
-    let written = fence::write_status(api, run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
+    let written = write(api, run, status, claim, ctx).await?;
     warn!(%message, "run cannot start");
     ctx.event(&written, true, reason, message);
     ctx.track(&run.uid().unwrap_or_default(), Some(RunPhase::Failed));
     Ok(Requeue::await_change())
 }
 
-/// Checks a workflow (for a run that names it, when `run` is given); the
-/// problems, if any, as one line.
-pub(crate) async fn check_workflow(
-    wf_api: &Api<Workflow>,
+/// Checks a workflow in namespace `ns` (for a run that names it, when
+/// `run` is given); the problems, if any, as one line. The workflows it
+/// refers to are looked up in `workflows` (the cache).
+pub(crate) fn check_workflow(
+    workflows: &Store<Workflow>,
+    ns: &str,
     name: &str,
     spec: &WorkflowSpec,
     run: Option<&WorkflowInstance>,
-) -> Result<Option<String>, Error> {
+) -> Option<String> {
     let mut problems: Vec<String> = dag::validate(spec).iter().map(ToString::to_string).collect();
     if let Some(Err(p)) = run.map(|r| dag::resolve_params(spec, &r.spec.params)) {
         problems.extend(p.iter().map(ToString::to_string));
     }
     if !dag::referenced_workflows(spec).is_empty() {
-        let all: BTreeMap<String, WorkflowSpec> =
-            wf_api.list(&ListParams::default()).await?.into_iter().map(|w| (w.name_any(), w.spec)).collect();
-        if let Some(chain) = dag::workflow_cycle(name, |w| all.get(w).map(dag::referenced_workflows)) {
+        let referenced = |w: &str| workflows.get(&ObjectRef::new(w).within(ns)).map(|wf| dag::referenced_workflows(&wf.spec));
+        if let Some(chain) = dag::workflow_cycle(name, referenced) {
             problems.push(format!("workflowRef chain leads back to itself: {}", chain.join(" -> ")));
         }
     }
-    Ok((!problems.is_empty()).then(|| problems.join("; ")))
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
-/// Lists the run's pods and child runs, by label, from the API server. Only
-/// those whose controller ownerReference carries the run's UID count.
-async fn observe(ctx: &Context, run: &WorkflowInstance) -> Result<Observed, Error> {
-    let (ns, name, uid) = (run.namespace().unwrap_or_default(), run.name_any(), run.uid().unwrap_or_default());
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let runs: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &ns);
-    let label = naming::label_value(&name);
-    let (pod_selector, child_selector) = (format!("{LABEL_INSTANCE}={label}"), format!("{LABEL_PARENT}={label}"));
-    let (pod_params, child_params) = (ListParams::default().labels(&pod_selector), ListParams::default().labels(&child_selector));
-    let (pods, children) = futures::try_join!(pods.list(&pod_params), runs.list(&child_params))?;
-    Ok(Observed {
-        pods: pods.into_iter().filter(|p| objects::controlled_by(&p.metadata, &uid)).map(observed_pod).collect(),
-        children: children
-            .into_iter()
-            .filter(|c| objects::controlled_by(&c.metadata, &uid))
-            .map(|c| ObservedChild {
-                uid: c.uid().unwrap_or_default(),
-                task: c.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
-                name: c.name_any(),
-                phase: c.status.as_ref().and_then(|s| s.phase),
-                suspend: c.spec.suspend,
-                passed: Passed {
-                    suspend: c.annotations().get(ANNOTATION_PARENT_SUSPEND).and_then(|v| v.parse().ok()),
-                    prior: c.annotations().get(ANNOTATION_PARENT_SUSPEND_PRIOR).and_then(|v| v.parse().ok()),
-                    stop: c.annotations().contains_key(ANNOTATION_PARENT_STOP),
-                },
-            })
-            .collect(),
-    })
-}
-
-fn observed_pod(pod: Pod) -> ObservedPod {
-    let status = pod.status.clone().unwrap_or_default();
-    let terminated = status.container_statuses.iter().flatten().find_map(|c| c.state.as_ref().and_then(|s| s.terminated.clone()));
-    let state = match status.phase.as_deref() {
-        Some("Succeeded") => PodState::Succeeded,
-        Some("Failed") => PodState::Failed,
-        Some("Running") => PodState::Running,
-        _ => PodState::Waiting,
-    };
-    ObservedPod {
-        uid: pod.uid().unwrap_or_default(),
-        task: pod.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
-        name: pod.name_any(),
-        state,
-        exit_code: terminated.as_ref().map(|t| t.exit_code),
-        message: terminated.as_ref().and_then(|t| t.message.clone()),
-        reason: terminated.and_then(|t| t.reason).or(status.reason),
-        deleting: pod.metadata.deletion_timestamp.is_some(),
-    }
-}
-
-/// Runs one planner step for a run this controller owns.
-async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Context) -> Result<Requeue, Error> {
+/// Runs one planner step for a run this controller owns, or claims (then
+/// the claim goes in the step's status write).
+async fn execute(
+    api: &Api<WorkflowInstance>,
+    run: WorkflowInstance,
+    claim: Option<OwnerChangeReason>,
+    ctx: &Context,
+) -> Result<Requeue, Error> {
     let ns = run.namespace().unwrap_or_default();
     let name = run.name_any();
     let uid = run.uid().unwrap_or_default();
     let mut status = run.status.clone().unwrap_or_default();
+    let claim = claim.map(|reason| Claim::take(&mut status, reason, &ctx.membership));
+    let claim = claim.as_ref();
     if status.workflow_spec.is_none() && !status.phase.unwrap_or_default().is_terminal() {
-        let wf_api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &ns);
         let wf_name = &run.spec.workflow_ref.name;
-        let Some(wf) = wf_api.get_opt(wf_name).await? else {
-            return reject(api, &run, status, "WorkflowNotFound", format!("workflow {wf_name:?} does not exist in namespace {ns}"), ctx)
-                .await;
+        let Some(wf) = ctx.workflow(&ns, wf_name).await? else {
+            let message = format!("workflow {wf_name:?} does not exist in namespace {ns}");
+            return reject(api, &run, (status, claim), "WorkflowNotFound", message, ctx).await;
         };
-        if let Some(problems) = check_workflow(&wf_api, wf_name, &wf.spec, Some(&run)).await? {
-            return reject(api, &run, status, "InvalidWorkflow", format!("workflow {wf_name}: {problems}"), ctx).await;
+        if let Some(problems) = check_workflow(&ctx.workflows, &ns, wf_name, &wf.spec, Some(&run)) {
+            return reject(api, &run, (status, claim), "InvalidWorkflow", format!("workflow {wf_name}: {problems}"), ctx).await;
         }
         set_condition(
             &mut status.conditions,
@@ -401,14 +464,18 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
         status.workflow_spec = Some(wf.spec);
     }
     let Some(workflow) = status.workflow_spec.clone() else {
+        // A run that never started (rejected): nothing to do but own it.
+        if claim.is_some() {
+            write(api, &run, status.clone(), claim, ctx).await?;
+        }
         ctx.track(&uid, status.phase);
         return Ok(Requeue::await_change());
     };
     let (dag, values) = match (Dag::new(&workflow), dag::resolve_params(&workflow, &run.spec.params)) {
         (Ok(d), Ok(v)) => (d, v),
-        (Err(p), _) | (_, Err(p)) => return reject(api, &run, status, "InvalidWorkflow", dag::summarize(&p), ctx).await,
+        (Err(p), _) | (_, Err(p)) => return reject(api, &run, (status, claim), "InvalidWorkflow", dag::summarize(&p), ctx).await,
     };
-    let observed = observe(ctx, &run).await?;
+    let observed = ctx.cache.observed(&uid);
     let plan = planner::plan(&planner::Input {
         run_name: &name,
         namespace: &ns,
@@ -426,13 +493,13 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
     // is current and ours, so a stale cached copy can never drive a create
     // or delete.
     let written = if Some(&plan.status) != run.status.as_ref() || !plan.actions.is_empty() {
-        fence::write_status(api, &run, plan.status.clone(), Fence::Owner, &ctx.membership, &ctx.metrics).await?
+        write(api, &run, plan.status.clone(), claim, ctx).await?
     } else {
         run.clone()
     };
     record_progress(&status, &plan.status, &ctx.metrics);
     ctx.track(&uid, plan.status.phase);
-    for note in &plan.events {
+    for note in plan.events.iter().filter(|n| ctx.task_events || !n.progress) {
         ctx.event(&written, note.warning, &note.reason, note.message.clone());
     }
     let epoch = plan.status.owner.as_ref().map_or(0, |o| o.epoch);
@@ -513,7 +580,7 @@ async fn carry_out(
             match scope(task).and_then(|s| objects::pod(run, task_spec(task), task, *attempt, &s, epoch)) {
                 Ok(pod) => {
                     crate::failpoint!("run-create-pod");
-                    create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod).await
+                    create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, |p| ctx.cache.pods.created(p)).await
                 }
                 Err(message) => Ok(invalid(task, message)),
             }
@@ -522,7 +589,8 @@ async fn carry_out(
             match scope(task).and_then(|s| objects::child(run, task_spec(task), task, *attempt, &s, epoch)) {
                 Ok(child) => {
                     crate::failpoint!("run-create-child");
-                    create(ctx, run, task, &Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns), &child).await
+                    let api = Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns);
+                    create(ctx, run, task, &api, &child, |c| ctx.cache.children.created(c)).await
                 }
                 Err(message) => Ok(invalid(task, message)),
             }
@@ -531,7 +599,9 @@ async fn carry_out(
             // Only the pod that was observed as the run's: a namesake made
             // since is refused by the precondition (409) and left alone.
             let uid = observed.pods.iter().find(|p| &p.name == name).map(|p| p.uid.clone());
-            delete_exactly(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), name, uid).await?;
+            delete_exactly(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), name, uid.clone()).await?;
+            // Until the watch reports the deletion, the pod counts as going.
+            ctx.cache.pods.amend(&uid.unwrap_or_default(), |p| p.deleting = true);
             Ok(Done::Yes)
         }
         Action::SteerChild { name, request } => {
@@ -555,7 +625,11 @@ async fn carry_out(
             patch["metadata"]["uid"] = serde_json::json!(uid);
             let api = Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns);
             match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => Ok(Done::Yes),
+                Ok(child) => {
+                    // Until the watch reports it, the cache shows the change.
+                    ctx.cache.children.amend(&uid.unwrap_or_default(), |c| *c = child.view());
+                    Ok(Done::Yes)
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Done::Yes),
                 Err(e) => Err(e.into()),
             }
@@ -563,9 +637,17 @@ async fn carry_out(
     }
 }
 
-/// Creates a pod or child run of `task`. `AlreadyExists` is adoption only
-/// when the object's controller ownerReference carries the run's UID.
-async fn create<K>(ctx: &Context, run: &WorkflowInstance, task: &str, api: &Api<K>, object: &K) -> Result<Done, Error>
+/// Creates a pod or child run of `task`, and has the cache `remember` it.
+/// `AlreadyExists` is adoption only when the object's controller
+/// ownerReference carries the run's UID.
+async fn create<K>(
+    ctx: &Context,
+    run: &WorkflowInstance,
+    task: &str,
+    api: &Api<K>,
+    object: &K,
+    remember: impl FnOnce(&K),
+) -> Result<Done, Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -573,8 +655,9 @@ where
     let name = object.meta().name.clone().unwrap_or_default();
     let refused = |reason, message| Ok(Done::TaskFails(Failure { task: task.to_string(), reason, message }));
     match api.create(&PostParams::default(), object).await {
-        Ok(_) => {
+        Ok(created) => {
             debug!(%kind, %name, "created");
+            remember(&created);
             Ok(Done::Yes)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -584,6 +667,7 @@ where
             match objects::belongs(existing.meta(), "WorkflowInstance", &run.name_any(), &run.uid().unwrap_or_default()) {
                 Belongs::Ours => {
                     // Created by an earlier owner, or an earlier call of ours.
+                    remember(&existing);
                     ctx.metrics.adopted.inc();
                     debug!(%kind, %name, "adopted existing object");
                     Ok(Done::Yes)
@@ -658,7 +742,7 @@ async fn fail_tasks(api: &Api<WorkflowInstance>, run: WorkflowInstance, failures
             t.message = Some(f.message.clone());
         }
     }
-    let written = fence::write_status(api, &run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
+    let written = write(api, &run, status, None, ctx).await?;
     for f in failures {
         ctx.event(&written, true, f.reason, format!("task {}: {}", f.task, f.message));
     }
@@ -701,7 +785,9 @@ where
 
 /// Runs the WorkflowInstance controller until `shutdown` resolves.
 /// `recheck` fires whenever every run must be looked at again (membership
-/// changed, or draining started).
+/// changed, or draining started). Three watches: runs (kept whole, less
+/// their managedFields), and the runs' pods and child runs, which feed the
+/// cache before they wake the run that controls them.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -709,10 +795,25 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (runs, pods) = (scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()), scoped::<Pod>(&ctx.client, namespace.as_deref()));
-    Controller::new(runs.clone(), watcher::Config::default().any_semantic())
-        .owns(pods, watcher::Config::default().labels(LABEL_INSTANCE).any_semantic())
-        .owns(runs, watcher::Config::default().labels(LABEL_PARENT).any_semantic())
-        .trigger_backoff(crate::backoff::watch())
+    let (store, writer) = reflector::store();
+    let (run_ctx, pod_ctx, child_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
+    let all_runs = watcher(runs.clone(), watcher::Config::default().any_semantic())
+        .backoff(crate::backoff::watch())
+        .modify(crate::cache::trim)
+        .reflect(writer)
+        .inspect_ok(move |event| run_ctx.note_listed("runs", event))
+        .applied_objects();
+    let run_pods = watcher(pods, watcher::Config::default().labels(LABEL_INSTANCE).any_semantic())
+        .backoff(crate::backoff::watch())
+        .inspect_ok(move |event| pod_ctx.cache.pods.apply(event))
+        .touched_objects();
+    let children = watcher(runs, watcher::Config::default().labels(LABEL_PARENT).any_semantic())
+        .backoff(crate::backoff::watch())
+        .inspect_ok(move |event| child_ctx.cache.children.apply(event))
+        .touched_objects();
+    Controller::for_stream(all_runs, store)
+        .owns_stream(run_pods)
+        .owns_stream(children)
         .reconcile_all_on(recheck)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod backoff;
+pub mod cache;
+pub mod client;
 pub mod conditions;
 pub mod controller;
 pub mod crds;

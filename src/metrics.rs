@@ -1,5 +1,6 @@
 //! Prometheus metrics served on `/metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -27,6 +28,15 @@ pub struct ErrorLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabel {
     pub verdict: &'static str,
+}
+
+/// One kind of request to the API server: its verb (`get`, `list`,
+/// `watch`, `create`, `update`, `patch`, `delete`) and resource (with its
+/// subresource, as `workflowinstances/status`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub verb: &'static str,
+    pub resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -70,6 +80,10 @@ pub struct Metrics {
     pub adopted: Counter,
     /// Creates of pods and child runs judged by the admission webhook.
     pub admission_reviews: Family<VerdictLabel, Counter>,
+    /// Requests this controller made to the API server.
+    pub api_requests: Family<RequestLabel, Counter>,
+    /// Time requests waited for the client-side rate limit.
+    pub api_throttled_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -88,6 +102,8 @@ impl Default for Metrics {
             fenced_writes_refused: Counter::default(),
             adopted: Counter::default(),
             admission_reviews: Family::default(),
+            api_requests: Family::default(),
+            api_throttled_seconds: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles of runs", m.reconciles.clone());
@@ -109,6 +125,12 @@ impl Default for Metrics {
             "admission_reviews",
             "Creates of pods and child runs judged by the admission webhook: allowed, denied (stale owner epoch, run gone or replaced), error (run not readable)",
             m.admission_reviews.clone(),
+        );
+        registry.register("api_requests", "Requests this controller made to the API server, by verb and resource", m.api_requests.clone());
+        registry.register(
+            "api_throttled_seconds",
+            "Time requests waited for the client-side rate limit (--kube-qps, --kube-burst)",
+            m.api_throttled_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

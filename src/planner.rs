@@ -146,14 +146,21 @@ pub struct Note {
     pub warning: bool,
     pub reason: String,
     pub message: String,
+    /// A task's progress (started, succeeded, stopped): recorded only when
+    /// the controller is asked to (`--task-events`), as status says it all
+    /// and an Event is one more API write per task.
+    pub progress: bool,
 }
 
 impl Note {
     fn normal(reason: &str, message: String) -> Self {
-        Note { warning: false, reason: reason.to_string(), message }
+        Note { warning: false, reason: reason.to_string(), message, progress: false }
     }
     fn warning(reason: &str, message: String) -> Self {
-        Note { warning: true, reason: reason.to_string(), message }
+        Note { warning: true, reason: reason.to_string(), message, progress: false }
+    }
+    fn progress(reason: &str, message: String) -> Self {
+        Note { progress: true, ..Note::normal(reason, message) }
     }
 }
 

@@ -11,13 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::watcher;
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::runtime::reflector::{ObjectRef, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 use tracing::{Instrument, info, info_span};
 
 use crate::api::{StartingTick, Workflow, WorkflowInstance};
@@ -87,7 +88,7 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
     let read = wf.status.clone().unwrap_or_default();
     let mut status = read.clone();
     let name = wf.name_any();
-    let problems = check_workflow(api, &name, &wf.spec, None).await?;
+    let problems = check_workflow(&ctx.workflows, &wf.namespace().unwrap_or_default(), &name, &wf.spec, None);
     let was_valid = read.conditions.iter().find(|c| c.type_ == "Valid").map(|c| (c.status.clone(), c.message.clone()));
     let mut events: Vec<Note> = Vec::new();
     match &problems {
@@ -303,15 +304,25 @@ fn error_policy(wf: Arc<Workflow>, error: &Error, ctx: Arc<Context>) -> Requeue 
 
 /// Runs the Workflow controller until `shutdown` resolves. A run that ends
 /// wakes its scheduling workflow, so `Forbid` and `activeRuns` follow runs.
+/// Its watch of Workflows fills `ctx.workflows` through `writer`, the cache
+/// runs read their Workflow from.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    writer: Writer<Workflow>,
     recheck: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (workflows, runs) =
         (scoped::<Workflow>(&ctx.client, namespace.as_deref()), scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()));
-    Controller::new(workflows, watcher::Config::default().any_semantic())
+    let listed = ctx.clone();
+    let all = watcher(workflows, watcher::Config::default().any_semantic())
+        .backoff(crate::backoff::watch())
+        .modify(crate::cache::trim)
+        .reflect(writer)
+        .inspect_ok(move |event| listed.note_listed("workflows", event))
+        .applied_objects();
+    Controller::for_stream(all, ctx.workflows.clone())
         .watches(runs, watcher::Config::default().labels(LABEL_SCHEDULED_BY).any_semantic(), |run: WorkflowInstance| {
             let ns = run.namespace()?;
             // The workflow is the run's controller owner (its label may be a

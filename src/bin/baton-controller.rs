@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures::StreamExt;
+use kube::runtime::reflector;
 use tracing::{error, info};
 
+use baton::client::Budget;
 use baton::controller::{self, Context};
 use baton::lease::{self, LeaseConfig};
 use baton::metrics::Metrics;
@@ -51,6 +53,21 @@ struct Flags {
     /// Watch only this namespace. Default: all namespaces.
     #[arg(long)]
     namespace: Option<String>,
+    /// Most requests a second this controller makes to the API server, on
+    /// average (client-go's QPS); 0 means no limit. Every request counts,
+    /// watches included.
+    #[arg(long, default_value_t = 200.0)]
+    kube_qps: f64,
+    /// Most requests this controller makes at once before --kube-qps
+    /// applies (client-go's burst).
+    #[arg(long, default_value_t = 400)]
+    kube_burst: u32,
+    /// Record a Normal Event for every task started, succeeded or stopped.
+    /// Off by default: status records all of it, and an Event is one more
+    /// API write per task. Warnings, owner changes, requests applied and
+    /// the run's end are always recorded.
+    #[arg(long)]
+    task_events: bool,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -86,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let identity = identity(flags.identity);
-    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let client = baton::client::build(Budget::new(flags.kube_qps, flags.kube_burst, metrics.clone())).await?;
     let config = LeaseConfig {
         identity: identity.clone(),
         namespace: flags.lease_namespace,
@@ -94,8 +112,9 @@ async fn main() -> anyhow::Result<()> {
         renew_interval: flags.renew_interval,
     };
     let (membership, lease_task) = lease::start(client.clone(), config).await?;
-    let metrics = Arc::new(Metrics::default());
-    let (addr, server) = baton::http::serve(flags.metrics_addr, metrics.clone(), membership.clone()).await?;
+    let (workflows, workflows_writer) = reflector::store();
+    let ctx = Arc::new(Context::new(client.clone(), membership.clone(), metrics.clone(), workflows, flags.task_events));
+    let (addr, server) = baton::http::serve(flags.metrics_addr, ctx.clone()).await?;
     info!(controller = %identity, %addr, "serving /metrics, /healthz, /readyz");
     tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -110,7 +129,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let lease_handle = lease_task.spawn();
 
-    let ctx = Arc::new(Context::new(client, membership.clone(), metrics));
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let recheck = || futures::stream::select(changes(membership.changes()), changes(drain_rx.clone()));
@@ -122,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let namespace = flags.namespace.clone();
     let runs = tokio::spawn(controller::run(ctx.clone(), namespace.clone(), recheck(), stopped()));
-    let workflows = tokio::spawn(scheduler::run(ctx.clone(), namespace, recheck(), stopped()));
+    let workflows = tokio::spawn(scheduler::run(ctx.clone(), namespace, workflows_writer, recheck(), stopped()));
 
     signal().await;
     info!(controller = %identity, "shutting down: releasing runs");

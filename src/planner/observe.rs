@@ -57,7 +57,7 @@ impl Step<'_> {
                     self.unit_mut(u).exit_code = exit_code;
                     self.finish(u, TaskPhase::Succeeded, None);
                     self.unit_mut(u).message = None;
-                    self.events.push(Note::normal("TaskSucceeded", format!("task {label} succeeded")));
+                    self.events.push(Note::progress("TaskSucceeded", format!("task {label} succeeded")));
                     self.keep_result(u, pod.and_then(|p| p.message.as_deref()));
                 }
                 Some(Outcome::Failed(why)) => {
@@ -67,7 +67,7 @@ impl Step<'_> {
                     self.attempt_failed(u, why);
                 }
                 Some(Outcome::Stopped(why)) => {
-                    self.events.push(Note::normal("TaskStopped", format!("task {label}: {why}")));
+                    self.events.push(Note::progress("TaskStopped", format!("task {label}: {why}")));
                     self.finish(u, TaskPhase::Stopped, Some(why));
                 }
                 None if timed_out => {

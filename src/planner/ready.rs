@@ -174,6 +174,6 @@ impl Step<'_> {
         } else {
             t.child_instance = Some(naming::child(run, &part, attempt));
         }
-        self.events.push(Note::normal("TaskStarted", format!("task {label} attempt {attempt} started")));
+        self.events.push(Note::progress("TaskStarted", format!("task {label} attempt {attempt} started")));
     }
 }
