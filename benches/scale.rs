@@ -111,6 +111,9 @@ async fn main() {
     }
     let n: usize = std::env::var("BENCH_FINISHED").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let ns = support::TestNs::new("scale").await;
+    // The pods are made here, not by a controller: the local control
+    // plane's admission webhook (served by controllers) leaves them be.
+    ns.kubectl(&["label", "namespace", &ns.name, "e2e.baton.dev/webhook=chart"], None);
     ns.apply(WORKFLOW);
     let wf: Workflow = ns.api::<Workflow>().get("scale").await.expect("workflow");
     let (runs, pods): (Api<WorkflowInstance>, Api<Pod>) = (ns.api(), ns.api());

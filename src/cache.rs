@@ -26,10 +26,34 @@ use crate::planner::{Observed, ObservedChild, ObservedPod, Passed, PodState};
 
 /// What a cache of whole objects (runs, Workflows) keeps of one: all but
 /// its managedFields, which the controller never reads and which are about
-/// half of a run's JSON. (A status write of a trimmed copy leaves them be:
+/// half of a run's JSON. (A status write of such a copy leaves them be:
 /// the API server keeps managedFields a write does not mention.)
 pub fn trim<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
+}
+
+/// Marks a cached run kept without its `status.workflowSpec`.
+pub const WITHOUT_SPEC: &str = "baton.dev/cached-without-workflow-spec";
+
+/// What the cache keeps of a run: [`trim`], and for a run that finished
+/// and was cleaned up, also not its copy of the workflow (most of a run's
+/// memory; thousands of finished runs stay cached until they are deleted).
+/// Such a copy is marked ([`WITHOUT_SPEC`]); the rare reconcile that acts
+/// on it reads the whole run first, and a status write of it is refused
+/// (see `fence::check`).
+pub fn trim_run(run: &mut WorkflowInstance) {
+    trim(run);
+    if let Some(status) = run.status.as_mut()
+        && status.cleaned_up()
+        && status.workflow_spec.take().is_some()
+    {
+        run.annotations_mut().insert(WITHOUT_SPEC.into(), "true".into());
+    }
+}
+
+/// Whether `run` is a cached copy kept without its workflow spec.
+pub fn without_spec(run: &WorkflowInstance) -> bool {
+    run.annotations().contains_key(WITHOUT_SPEC)
 }
 
 /// How long an object this controller created counts as existing without
@@ -105,8 +129,9 @@ fn controlling_run<K: Resource>(object: &K) -> Option<String> {
 
 /// The objects of one listing, by controlling run.
 struct Entries<V> {
-    /// run UID -> name -> (object UID, view)
-    by_run: HashMap<String, BTreeMap<String, (String, V)>>,
+    /// run UID -> (name, object UID, view), a few per run: a list, not a
+    /// map (a map's smallest node holds eleven).
+    by_run: HashMap<String, Vec<(String, String, V)>>,
     /// object UID -> (run UID, name), to find an object again when it is
     /// deleted or changes hands.
     place: HashMap<String, (String, String)>,
@@ -120,10 +145,10 @@ impl<V> Default for Entries<V> {
 
 impl<V> Entries<V> {
     fn remove(&mut self, uid: &str) {
-        if let Some((run, name)) = self.place.remove(uid)
+        if let Some((run, _)) = self.place.remove(uid)
             && let Some(objects) = self.by_run.get_mut(&run)
         {
-            objects.remove(&name);
+            objects.retain(|(_, u, _)| u != uid);
             if objects.is_empty() {
                 self.by_run.remove(&run);
             }
@@ -134,7 +159,14 @@ impl<V> Entries<V> {
         self.remove(&uid);
         if let Some(run) = run {
             self.place.insert(uid.clone(), (run.clone(), name.clone()));
-            self.by_run.entry(run).or_default().insert(name, (uid, view));
+            let objects = self.by_run.entry(run).or_default();
+            // A namesake with another UID is gone (names are unique): replaced.
+            if let Some(i) = objects.iter().position(|(n, _, _)| *n == name) {
+                let (_, gone, _) = objects.swap_remove(i);
+                self.place.remove(&gone);
+            }
+            objects.push((name, uid, view));
+            objects.shrink_to_fit();
         }
     }
 }
@@ -210,7 +242,7 @@ impl<K: Observe> Index<K> {
         let now = Instant::now();
         st.expected.retain(|_, (_, _, _, since)| now.duration_since(*since) < EXPECT_FOR);
         let mut found: BTreeMap<String, K::View> =
-            st.live.by_run.get(run).into_iter().flatten().map(|(name, (_, v))| (name.clone(), v.clone())).collect();
+            st.live.by_run.get(run).into_iter().flatten().map(|(name, _, v)| (name.clone(), v.clone())).collect();
         for (owner, name, view, _) in st.expected.values() {
             if owner == run {
                 found.entry(name.clone()).or_insert_with(|| view.clone());
@@ -235,7 +267,7 @@ impl<K: Observe> Index<K> {
     pub fn amend(&self, uid: &str, change: impl FnOnce(&mut K::View)) {
         let mut st = self.lock();
         let Some((run, name)) = st.live.place.get(uid).cloned() else { return };
-        if let Some((_, view)) = st.live.by_run.get_mut(&run).and_then(|o| o.get_mut(&name)) {
+        if let Some((_, _, view)) = st.live.by_run.get_mut(&run).and_then(|o| o.iter_mut().find(|(n, _, _)| *n == name)) {
             change(view);
         }
     }
@@ -362,6 +394,43 @@ mod tests {
         orphan.metadata.owner_references = None;
         index.apply(&Event::Apply(orphan));
         assert!(index.of("run-2").is_empty() && index.is_empty());
+    }
+
+    #[test]
+    fn a_namesake_replaces_the_pod_it_outlived_and_its_late_delete_changes_nothing() {
+        let index = Index::<Pod>::default();
+        index.apply(&Event::Apply(pod("a", "1", "run", "Running")));
+        index.apply(&Event::Apply(pod("a", "2", "run", "Pending")));
+        assert_eq!(names(&index, "run"), [("a".to_string(), PodState::Waiting)]);
+        index.apply(&Event::Delete(pod("a", "1", "run", "Running")));
+        assert_eq!(names(&index, "run"), [("a".to_string(), PodState::Waiting)]);
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn a_finished_cleaned_up_run_is_cached_without_its_workflow_spec() {
+        use crate::api::{CONDITION_CLEANED_UP, RunPhase, WorkflowInstanceStatus, WorkflowSpec};
+        let mut run = WorkflowInstance::new("r", Default::default());
+        run.status = Some(WorkflowInstanceStatus {
+            phase: Some(RunPhase::Running),
+            workflow_spec: Some(WorkflowSpec::default()),
+            ..Default::default()
+        });
+        trim_run(&mut run);
+        assert!(!without_spec(&run) && run.status.as_ref().unwrap().workflow_spec.is_some(), "a running run is kept whole");
+        let status = run.status.as_mut().unwrap();
+        status.phase = Some(RunPhase::Succeeded);
+        crate::conditions::set(
+            &mut status.conditions,
+            CONDITION_CLEANED_UP,
+            true,
+            "NothingRunning",
+            String::new(),
+            None,
+            crate::controller::now(),
+        );
+        trim_run(&mut run);
+        assert!(without_spec(&run) && run.status.as_ref().unwrap().workflow_spec.is_none());
     }
 
     #[test]

@@ -293,7 +293,14 @@ async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<
     let status = run.status.clone().unwrap_or_default();
     let uid = run.uid().unwrap_or_default();
     let idle = status.cleaned_up() && status.observed_generation == run.metadata.generation;
-    match ctx.decide(status.owner.as_ref(), &uid, idle) {
+    let decision = ctx.decide(status.owner.as_ref(), &uid, idle);
+    if decision != Decision::Leave && crate::cache::without_spec(&run) {
+        // A finished run cached without its workflow copy, that someone
+        // changed: act on the whole run.
+        let Some(whole) = api.get_opt(&run.name_any()).await? else { return Ok(Requeue::await_change()) };
+        return Box::pin(reconcile_run(Arc::new(whole), ctx.clone())).await;
+    }
+    match decision {
         Decision::Leave => {
             ctx.track(&uid, None);
             Ok(Requeue::await_change())
@@ -799,7 +806,7 @@ pub async fn run(
     let (run_ctx, pod_ctx, child_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
     let all_runs = watcher(runs.clone(), watcher::Config::default().any_semantic())
         .backoff(crate::backoff::watch())
-        .modify(crate::cache::trim)
+        .modify(crate::cache::trim_run)
         .reflect(writer)
         .inspect_ok(move |event| run_ctx.note_listed("runs", event))
         .applied_objects();

@@ -66,6 +66,11 @@ pub fn check<K: Owned>(read: &K, fence: Fence, membership: &Membership) -> Resul
     if !membership.valid() {
         return Err("this controller's Lease is not valid");
     }
+    if read.meta().annotations.as_ref().is_some_and(|a| a.contains_key(crate::cache::WITHOUT_SPEC)) {
+        // Its status lacks the run's copy of the workflow: writing it back
+        // would erase that copy.
+        return Err("the run as read is a cached copy without its workflow spec");
+    }
     let owner = read.owner();
     match fence {
         Fence::Owner if owner.is_some_and(|o| o.controller == membership.identity()) => Ok(()),
