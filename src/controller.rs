@@ -33,6 +33,7 @@ use crate::objects::{
 };
 use crate::ownership::{self, Decision};
 use crate::planner::{self, Action, ChildRequest, Observed, ObservedChild, ObservedPod, Passed, PodState, results};
+use crate::reaper::Expiry;
 
 /// Owner changes kept in `status.ownerHistory`.
 const OWNER_HISTORY: usize = 10;
@@ -215,7 +216,7 @@ async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<
     let api: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let status = run.status.clone().unwrap_or_default();
     let uid = run.uid().unwrap_or_default();
-    let idle = status.cleaned_up() && status.observed_generation == run.metadata.generation;
+    let idle = crate::retention::idle(&run);
     match ctx.decide(status.owner.as_ref(), &uid, idle) {
         Decision::Leave => {
             ctx.track(&uid, None);
@@ -380,6 +381,16 @@ async fn execute(api: &Api<WorkflowInstance>, run: WorkflowInstance, ctx: &Conte
     let name = run.name_any();
     let uid = run.uid().unwrap_or_default();
     let mut status = run.status.clone().unwrap_or_default();
+    if crate::retention::settled(&run) {
+        // Finished and cleaned up: only its TTL is left (without one it is idle).
+        let (phase, requeue) = match crate::reaper::expire(ctx, api, &run).await? {
+            Expiry::Kept => (status.phase, Requeue::await_change()),
+            Expiry::Wait(after) => (status.phase, Requeue::requeue(after.min(RESYNC))),
+            Expiry::Deleted => (None, Requeue::await_change()),
+        };
+        ctx.track(&uid, phase);
+        return Ok(requeue);
+    }
     if status.workflow_spec.is_none() && !status.phase.unwrap_or_default().is_terminal() {
         let wf_api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &ns);
         let wf_name = &run.spec.workflow_ref.name;

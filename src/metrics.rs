@@ -46,6 +46,13 @@ impl From<OwnerChangeReason> for Reason {
     }
 }
 
+/// Why a run was deleted: `ttl` (ttlSecondsAfterFinished) or `history`
+/// (a schedule's history limits).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeletedLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClaimLabel {
     pub reason: Reason,
@@ -70,6 +77,8 @@ pub struct Metrics {
     pub adopted: Counter,
     /// Creates of pods and child runs judged by the admission webhook.
     pub admission_reviews: Family<VerdictLabel, Counter>,
+    /// Finished runs this controller deleted, by reason.
+    pub runs_deleted: Family<DeletedLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -88,6 +97,7 @@ impl Default for Metrics {
             fenced_writes_refused: Counter::default(),
             adopted: Counter::default(),
             admission_reviews: Family::default(),
+            runs_deleted: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles of runs", m.reconciles.clone());
@@ -109,6 +119,11 @@ impl Default for Metrics {
             "admission_reviews",
             "Creates of pods and child runs judged by the admission webhook: allowed, denied (stale owner epoch, run gone or replaced), error (run not readable)",
             m.admission_reviews.clone(),
+        );
+        registry.register(
+            "runs_deleted",
+            "Finished runs deleted: ttl (ttlSecondsAfterFinished passed) or history (over a schedule's history limits)",
+            m.runs_deleted.clone(),
         );
         Metrics { registry, ..m }
     }
