@@ -12,12 +12,14 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Preconditions};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::api::{Workflow, WorkflowInstance};
+use crate::api::{RunPhase, Workflow, WorkflowInstance};
 use crate::controller::{Context, Error};
 use crate::fence::{self, Fence, FenceError};
 use crate::metrics::DeletedLabel;
@@ -101,10 +103,8 @@ pub async fn expire(ctx: &Context, api: &Api<WorkflowInstance>, run: &WorkflowIn
     info!(ttl, "deleted the run: its ttlSecondsAfterFinished passed");
     let message = format!("deleted run {name}: it ended {phase} at {finished} and its ttlSecondsAfterFinished ({ttl}s) passed");
     // On the Workflow, which stays; a run whose Workflow is gone keeps it.
-    match &workflow {
-        Some(wf) => ctx.event(wf, false, "RunDeleted", message),
-        None => ctx.event(&written, false, "RunDeleted", message),
-    }
+    let regarding = workflow.as_ref().map_or_else(|| written.object_ref(&()), |wf| wf.object_ref(&()));
+    deleted_event(ctx, regarding, &written, message);
     Ok(Expiry::Deleted)
 }
 
@@ -113,6 +113,11 @@ pub async fn expire(ctx: &Context, api: &Api<WorkflowInstance>, run: &WorkflowIn
 /// this reconcile made. A delete that fails is left for the next
 /// reconcile: it must not hold up the schedule's ticks.
 pub async fn trim_history(ctx: &Context, runs: &Api<WorkflowInstance>, workflow: &Workflow, excess: &[&WorkflowInstance]) {
+    let schedule = workflow.spec.schedule.clone().unwrap_or_default();
+    let limits = |run: &WorkflowInstance| match run.status.as_ref().and_then(|s| s.phase) {
+        Some(RunPhase::Succeeded) => format!("successfulRunsHistoryLimit {}", schedule.successful_runs_history_limit()),
+        _ => format!("failedRunsHistoryLimit {}", schedule.failed_runs_history_limit()),
+    };
     let mut deleted = Vec::new();
     for run in excess {
         if !ctx.membership.valid() {
@@ -122,7 +127,9 @@ pub async fn trim_history(ctx: &Context, runs: &Api<WorkflowInstance>, workflow:
         match delete_run(runs, run).await {
             Ok(Outcome::Deleted) => {
                 let phase = run.status.as_ref().and_then(|s| s.phase).map_or("", |p| p.as_str());
-                deleted.push(format!("{} ({phase})", run.name_any()));
+                let message = format!("deleted run {}: it ended {phase}, and is over the {}", run.name_any(), limits(run));
+                deleted_event(ctx, workflow.object_ref(&()), run, message);
+                deleted.push(run.name_any());
             }
             // Gone already, or changed since it was listed: the next
             // reconcile decides again.
@@ -130,17 +137,30 @@ pub async fn trim_history(ctx: &Context, runs: &Api<WorkflowInstance>, workflow:
             Err(e) => warn!(run = run.name_any(), error = %e, "cannot delete a run over the history limits; will retry"),
         }
     }
-    if deleted.is_empty() {
-        return;
+    if !deleted.is_empty() {
+        ctx.metrics.runs_deleted.get_or_create(&DeletedLabel { reason: "history" }).inc_by(deleted.len() as u64);
+        info!(runs = deleted.join(", "), "deleted finished runs over the history limits");
     }
-    ctx.metrics.runs_deleted.get_or_create(&DeletedLabel { reason: "history" }).inc_by(deleted.len() as u64);
-    let schedule = workflow.spec.schedule.clone().unwrap_or_default();
-    info!(runs = deleted.join(", "), "deleted finished runs over the history limits");
-    let message = format!(
-        "deleted {}: over the history limits (successfulRunsHistoryLimit {}, failedRunsHistoryLimit {})",
-        deleted.join(", "),
-        schedule.successful_runs_history_limit(),
-        schedule.failed_runs_history_limit()
-    );
-    ctx.event(workflow, false, "RunDeleted", message);
+}
+
+/// Records a Normal `RunDeleted` Event on `regarding` (the Workflow, which
+/// stays) about the deleted `run`, in the background. The run is the
+/// Event's related object: the recorder folds Events with the same
+/// regarding and related objects into one series (keeping the first
+/// note), so each deleted run keeps an Event of its own.
+fn deleted_event(ctx: &Context, regarding: ObjectReference, run: &WorkflowInstance, message: String) {
+    let related = run.object_ref(&());
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "RunDeleted".into(),
+        note: Some(message),
+        action: "Delete".into(),
+        secondary: (related != regarding).then_some(related),
+    };
+    let recorder = ctx.recorder.clone();
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &regarding).await {
+            warn!(error = %e, "cannot record event");
+        }
+    });
 }

@@ -177,6 +177,7 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
         }
         start_run(ctx, &runs, &written, &tick).await?
     };
+    crate::failpoint!("schedule-tick-started");
     // Step (3). Condition `TickStarted` says how the last tick ended, so a
     // tick that could not start is visible in status, not only in an Event.
     let mut done = written.status.clone().unwrap_or_default();
