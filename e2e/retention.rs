@@ -107,17 +107,30 @@ async fn deletions(ns: &TestNs, wf: &str, run: &str) -> Vec<Event> {
 /// Waits for the `RunDeleted` Event of `run` on `wf`; after a moment for
 /// stragglers, checks there is exactly one and returns it.
 async fn the_deletion(ns: &TestNs, wf: &str, run: &str) -> Event {
-    wait_for(&format!("Event RunDeleted of {run} on {wf}"), Duration::from_secs(20), || async {
-        let found = deletions(ns, wf, run).await;
-        if found.is_empty() { Err("none yet".to_string()) } else { Ok(()) }
+    deleted_once(ns, wf, &[run.to_string()]).await.remove(0)
+}
+
+/// [`the_deletion`] of each of `runs`.
+async fn deleted_once(ns: &TestNs, wf: &str, runs: &[String]) -> Vec<Event> {
+    wait_for(&format!("Event RunDeleted of each of {runs:?} on {wf}"), Duration::from_secs(20), || async {
+        for run in runs {
+            if deletions(ns, wf, run).await.is_empty() {
+                return Err(format!("none yet for {run}"));
+            }
+        }
+        Ok(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let found = deletions(ns, wf, run).await;
-    assert_eq!(found.len(), 1, "run {run} was deleted once: {:?}", found.iter().map(|e| &e.message).collect::<Vec<_>>());
-    let event = found.into_iter().next().unwrap();
-    assert!(event.count.unwrap_or(1) <= 1, "recorded once: {event:?}");
-    event
+    let mut events = Vec::new();
+    for run in runs {
+        let found = deletions(ns, wf, run).await;
+        assert_eq!(found.len(), 1, "run {run} was deleted once: {:?}", found.iter().map(|e| &e.message).collect::<Vec<_>>());
+        let event = found.into_iter().next().unwrap();
+        assert!(event.count.unwrap_or(1) <= 1 && event.series.is_none(), "recorded once: {event:?}");
+        events.push(event);
+    }
+    events
 }
 
 /// What a watch saw of one run name.
@@ -293,6 +306,10 @@ async fn a_schedule_keeps_only_its_newest_finished_runs() {
     let every2 = |limits: &str| format!("  schedule: {{cron: \"*/2 * * * * *\", startingDeadlineSeconds: 60{limits}}}\n");
     ns.apply(&workflow("good", &every2(", successfulRunsHistoryLimit: 2"), &[task("tick", &[], "300ms", 0, "")]));
     ns.apply(&workflow("bad", &every2(", failedRunsHistoryLimit: 1"), &[task("tick", &[], "300ms", 1, "")]));
+    // A TTL of 0 and a history limit of 0 race for every run: each is
+    // deleted once all the same.
+    let race = format!("  ttlSecondsAfterFinished: 0\n{}", every2(", successfulRunsHistoryLimit: 0"));
+    ns.apply(&workflow("both", &race, &[task("tick", &[], "300ms", 0, "")]));
     let api: Api<WorkflowInstance> = ns.api();
     for (wf, keep) in [("good", 2), ("bad", 1)] {
         wait_for(&format!("{wf} to keep its newest {keep} finished runs of 5 or more"), Duration::from_secs(60), || async {
@@ -313,14 +330,26 @@ async fn a_schedule_keeps_only_its_newest_finished_runs() {
         })
         .await;
     }
+    let gone = |prefix: &str| -> Vec<String> {
+        let log = log.lock().unwrap();
+        log.iter().filter(|(n, s)| n.starts_with(prefix) && s.deleted.is_some()).map(|(n, _)| n.clone()).collect()
+    };
+    wait_for("four runs of both to go", Duration::from_secs(30), || async {
+        let g = gone("both-");
+        if g.len() >= 4 { Ok(()) } else { Err(format!("{g:?}")) }
+    })
+    .await;
     let wfs: Api<Workflow> = ns.api();
-    for wf in ["good", "bad"] {
+    for wf in ["good", "bad", "both"] {
         wfs.patch(wf, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"schedule": {"suspend": true}}}))).await.unwrap();
     }
-    let events = events_of(&ns, "good").await;
-    let deleted: Vec<&str> =
-        events.iter().filter(|e| e.reason.as_deref() == Some("RunDeleted")).filter_map(|e| e.message.as_deref()).collect();
-    assert!(deleted.iter().any(|m| m.contains("successfulRunsHistoryLimit 2")), "{deleted:?}");
+    // One Event per deleted run, on its Workflow, saying why.
+    for (wf, why) in [("good", "successfulRunsHistoryLimit 2"), ("bad", "failedRunsHistoryLimit 1"), ("both", "")] {
+        for event in deleted_once(&ns, wf, &gone(&format!("{wf}-"))).await {
+            let message = event.message.unwrap_or_default();
+            assert!(message.contains(why), "{message}");
+        }
+    }
     watch.abort();
     assert!(recreated(&log).is_empty(), "a deleted run was created again: {:?}", recreated(&log));
     c.assert_no_panic();

@@ -83,7 +83,12 @@ pub async fn expire(ctx: &Context, api: &Api<WorkflowInstance>, run: &WorkflowIn
     // unchanged status is a no-op for the API server that proves the run as
     // read is current and ours, at the resourceVersion the delete carries.
     let status = run.status.clone().unwrap_or_default();
-    let written = fence::write_status(api, run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?;
+    let written = match fence::write_status(api, run, status, Fence::Owner, &ctx.membership, &ctx.metrics).await {
+        Ok(written) => written,
+        // Deleted since it was read (a history limit, a user): nothing left to do.
+        Err(FenceError::Kube(kube::Error::Api(s))) if s.code == 404 => return Ok(Expiry::Deleted),
+        Err(e) => return Err(e.into()),
+    };
     if !ctx.membership.valid() {
         ctx.metrics.fenced_writes_refused.inc();
         return Ok(Expiry::Wait(Duration::from_secs(1)));
