@@ -100,7 +100,8 @@ async fn a_replace_schedule_never_stops_the_run_its_own_tick_started() {
     let _c = ns.controller("alpha");
     // Several schedules at once: more reconciles, more chances for one to
     // work from a copy that has not seen its own last write.
-    let settings = "  schedule: {cron: \"*/6 * * * * *\", concurrencyPolicy: Replace, startingDeadlineSeconds: 60}\n";
+    // History limits high enough to keep every run: the test counts them.
+    let settings = "  schedule: {cron: \"*/6 * * * * *\", concurrencyPolicy: Replace, startingDeadlineSeconds: 60, successfulRunsHistoryLimit: 100, failedRunsHistoryLimit: 100}\n";
     let names = ["fast-a", "fast-b", "fast-c", "fast-d", "fast-e"];
     for name in names {
         ns.apply(&workflow(name, settings, &[task("tick", &[], "2s", 0, "")]));

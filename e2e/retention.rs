@@ -190,14 +190,14 @@ fn seen_named(log: &Log, prefix: &str) -> Vec<String> {
     log.lock().unwrap().keys().filter(|n| n.starts_with(prefix)).cloned().collect()
 }
 
-/// Waits until the watch saw the run deleted; returns when it had
-/// finished (as its last state says) and when it was deleted.
-async fn wait_deleted(log: &Log, name: &str, timeout: Duration) -> (Timestamp, Timestamp) {
+/// Waits until the watch saw the run deleted; returns the state it was
+/// deleted in and when the deletion was seen.
+async fn wait_deleted(log: &Log, name: &str, timeout: Duration) -> (WorkflowInstance, Timestamp) {
     wait_for(&format!("run {name} to be deleted"), timeout, || async {
         let seen = log.lock().unwrap().get(name).cloned().unwrap_or_default();
-        match (seen.deleted, seen.last.as_ref().and_then(|r| r.status.as_ref()?.finished_at.clone())) {
-            (Some(gone), Some(finished)) => Ok((finished.0, gone)),
-            (gone, _) => Err(format!("deleted {gone:?}, phase {:?}", seen.last.and_then(|r| r.status?.phase))),
+        match (seen.deleted, seen.last) {
+            (Some(gone), Some(last)) => Ok((last, gone)),
+            (_, last) => Err(format!("not yet, phase {:?}", last.and_then(|r| r.status?.phase))),
         }
     })
     .await
@@ -262,7 +262,8 @@ async fn a_runs_own_ttl_overrides_its_workflows_and_bad_values_are_refused() {
     patch_spec(&ns, "extended", serde_json::json!({"ttlSecondsAfterFinished": 3600})).await;
 
     for (name, ttl) in [("zero", 0), ("short", 1), ("inherits", 4)] {
-        let (finished, gone) = wait_deleted(&log, name, RUN_TIMEOUT).await;
+        let (last, gone) = wait_deleted(&log, name, RUN_TIMEOUT).await;
+        let finished = finished_at(&last);
         let after = secs(finished, gone);
         println!("{name}: deleted {after}s after it finished (TTL {ttl}s)");
         assert!(gone >= plus(finished, ttl) && gone <= plus(finished, ttl + 3), "{name}: {after}s for a TTL of {ttl}s");
@@ -354,6 +355,49 @@ async fn a_schedule_keeps_only_its_newest_finished_runs() {
     assert!(recreated(&log).is_empty(), "a deleted run was created again: {:?}", recreated(&log));
     c.assert_no_panic();
     ns.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_delete_never_undoes_a_retry_made_meanwhile() {
+    let ns = TestNs::new("history-retry").await;
+    let c = ns.controller("alpha");
+    let (log, watch) = record(&ns).await;
+    // Every failed run is over the limit once settled; the schedule's owner
+    // stops right before deleting one, after the Workflow's fenced write.
+    c.failpoint("schedule-history-delete", "pause").await;
+    let settings = "  schedule: {cron: \"*/5 * * * * *\", startingDeadlineSeconds: 60, failedRunsHistoryLimit: 0}\n";
+    ns.apply(&workflow("flaky", settings, &[task("x", &[], "300ms", 1, "")]));
+    c.wait_log(&["failpoint hit", "schedule-history-delete"], Duration::from_secs(30)).await;
+    let first = seen_named(&log, "flaky-").remove(0);
+    // The user retries that run meanwhile: its owner re-runs the task.
+    patch_spec(&ns, &first, serde_json::json!({"retryFailed": 1})).await;
+    let api: Api<WorkflowInstance> = ns.api();
+    wait_for("the retry to be applied", RUN_TIMEOUT, || async {
+        let r = api.get(&first).await.map_err(|e| e.to_string())?;
+        let s = r.status.unwrap_or_default();
+        if s.retry_failed_applied == Some(1) { Ok(()) } else { Err(format!("{:?}", s.phase)) }
+    })
+    .await;
+    // The delete goes out with the run as listed: refused. The run is
+    // deleted later, once it is settled again, its retry carried out.
+    c.failpoint("schedule-history-delete", "off").await;
+    let (last, _) = wait_deleted(&log, &first, RUN_TIMEOUT).await;
+    let status = last.status.unwrap();
+    assert_eq!(status.retry_failed_applied, Some(1), "deleted before the retry was carried out");
+    assert_eq!((status.phase, entry_attempts(&status, "x")), (Some(RunPhase::Failed), 2), "the retry ran");
+    deleted_once(&ns, "flaky", &[first]).await;
+    ns.api::<Workflow>()
+        .patch("flaky", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"schedule": {"suspend": true}}})))
+        .await
+        .unwrap();
+    watch.abort();
+    assert!(recreated(&log).is_empty(), "{:?}", recreated(&log));
+    c.assert_no_panic();
+    ns.done().await;
+}
+
+fn entry_attempts(status: &baton::api::WorkflowInstanceStatus, task: &str) -> i32 {
+    status.tasks.iter().find(|t| t.name == task).map_or(0, |t| t.attempts)
 }
 
 #[tokio::test]

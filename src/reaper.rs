@@ -129,6 +129,7 @@ pub async fn trim_history(ctx: &Context, runs: &Api<WorkflowInstance>, workflow:
             ctx.metrics.fenced_writes_refused.inc();
             break;
         }
+        crate::failpoint!("schedule-history-delete");
         match delete_run(runs, run).await {
             Ok(Outcome::Deleted) => {
                 let phase = run.status.as_ref().and_then(|s| s.phase).map_or("", |p| p.as_str());
