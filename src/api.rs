@@ -671,13 +671,14 @@ pub struct WorkflowInstanceStatus {
     pub workflow_spec: Option<WorkflowSpec>,
 }
 
-/// Condition of a finished run that nothing of it is still running: until
-/// it is True, the run's owner keeps cleaning up (deleting pods, stopping
-/// children), retrying after errors.
+/// Condition of a finished run that nothing of it is still running and the
+/// pods its `podGC` deletes are gone: until it is True, the run's owner
+/// keeps cleaning up (deleting pods, stopping children), retrying after
+/// errors.
 pub const CONDITION_CLEANED_UP: &str = "CleanedUp";
 
 impl WorkflowInstanceStatus {
-    /// Finished, and no pod or child of the run is still running.
+    /// Finished, no pod or child of the run is still running, and podGC is done.
     pub fn cleaned_up(&self) -> bool {
         self.phase.is_some_and(RunPhase::is_terminal)
             && self.conditions.iter().any(|c| c.type_ == CONDITION_CLEANED_UP && c.status == "True")
