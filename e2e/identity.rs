@@ -201,7 +201,7 @@ async fn child_runs_that_would_share_a_name_are_refused_by_validation() {
 /// `<prefix>-<namespace>`, that refuses every request matching `rule` in
 /// the test's namespace with `message`: a stand-in for an API server that
 /// refuses one kind of call.
-fn deny_policy(ns: &TestNs, prefix: &str, rule: &str, message: &str) -> (String, String) {
+pub(crate) fn deny_policy(ns: &TestNs, prefix: &str, rule: &str, message: &str) -> (String, String) {
     let name = format!("{prefix}-{}", ns.name);
     let yaml = format!(
         "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {name}}}\nspec:\n\
@@ -214,7 +214,7 @@ fn deny_policy(ns: &TestNs, prefix: &str, rule: &str, message: &str) -> (String,
     (name, yaml)
 }
 
-fn remove_policy(ns: &TestNs, name: &str) {
+pub(crate) fn remove_policy(ns: &TestNs, name: &str) {
     ns.kubectl(&["delete", "validatingadmissionpolicybinding", name], None);
     ns.kubectl(&["delete", "validatingadmissionpolicy", name], None);
 }

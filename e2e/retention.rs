@@ -2,11 +2,14 @@
 //! `ttlSecondsAfterFinished` has passed, a schedule keeps only its newest
 //! finished runs, and `podGC` deletes task pods while status keeps what
 //! they reported. Also the interleavings that must not break: the owner
-//! dies during the TTL wait (a survivor deletes on time, once); an owner
-//! frozen between its fenced write and its delete wakes up after the user
-//! asked to keep the run (its delete is refused); a run deleted by its TTL
-//! while its schedule's owner died in the middle of starting its tick is
-//! never started again by the tick.
+//! dies during the TTL wait (a survivor deletes on time, once), or with
+//! podGC unfinished (a survivor finishes it); an owner frozen between its
+//! fenced write and its delete wakes up after the user asked to keep the
+//! run (its delete is refused); a schedule's owner held between its write
+//! and a history delete while the user retries that run (refused too); a
+//! TTL and a history limit race for the same runs (each deleted once); a
+//! run deleted by its TTL while its schedule's owner died in the middle of
+//! starting its tick is never started again by the tick.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,12 +18,13 @@ use std::time::Duration;
 
 use baton::api::{RunPhase, TaskStatus, Workflow, WorkflowInstance};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 
+use crate::identity::{deny_policy, remove_policy};
 use crate::runs::{RUN_TIMEOUT, events_of, patch_spec, pods_of, run, task, wait_phase, workflow};
 use crate::support::{ControllerProc, LEASE_DURATION, TestNs, wait_for};
 
@@ -488,6 +492,44 @@ async fn each_pod_gc_policy_deletes_the_pods_it_names_and_status_keeps_what_they
     assert!(entry(&settled["finished-1"], "b").message.unwrap_or_default().contains("exit code 5"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pod_names(&ns, "never-1").await.len(), 2, "Never keeps every pod");
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn pod_gc_left_undone_by_a_dead_owner_is_finished_by_a_survivor() {
+    let ns = TestNs::new("podgc-failover").await;
+    let mut c = [ns.controller("alpha"), ns.controller("beta")];
+    ns.apply(&workflow("wf", "  podGC: OnRunFinished\n", &[task("t", &[], "3s", 0, "")]));
+    ns.apply(&run("g1", "wf", ""));
+    let pods: Api<Pod> = ns.api();
+    wait_pods(&ns, "g1", &["g1-t-0"]).await;
+    // Pod deletes are refused for a while: the owner cannot finish podGC.
+    let rule = "{apiGroups: [\"\"], apiVersions: [v1], operations: [DELETE], resources: [pods]}";
+    let (policy, yaml) = deny_policy(&ns, "block-podgc", rule, "pod deletes are blocked by the test");
+    ns.apply(&yaml);
+    wait_for("the policy to refuse pod deletes", Duration::from_secs(30), || async {
+        match pods.delete("g1-t-0", &DeleteParams { dry_run: true, ..Default::default() }).await {
+            Err(kube::Error::Api(s)) if s.message.contains("blocked by the test") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let done = wait_phase(&ns, "g1", |p| p.is_terminal()).await;
+    assert_eq!(done.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = ns.api::<WorkflowInstance>().get("g1").await.unwrap();
+    assert!(!run.status.as_ref().unwrap().cleaned_up(), "not cleaned up (so not idle) while podGC is not done");
+    assert_eq!(pod_names(&ns, "g1").await.len(), 1);
+    // Its owner dies; a survivor claims the finished run and finishes podGC.
+    let owner = owner_of(&ns, "g1", &[&c[0], &c[1]]).await;
+    c[owner].kill();
+    remove_policy(&ns, &policy);
+    wait_pods(&ns, "g1", &[]).await;
+    let cleaned = wait_settled(&ns, "g1").await;
+    let status = cleaned.status.unwrap();
+    assert_eq!(status.owner.unwrap().controller, c[1 - owner].identity);
+    assert_eq!(status.tasks[0].exit_code, Some(0), "status keeps what the pod reported");
+    c[1 - owner].assert_no_panic();
     ns.done().await;
 }
 
