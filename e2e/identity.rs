@@ -100,7 +100,8 @@ async fn a_replace_schedule_never_stops_the_run_its_own_tick_started() {
     let _c = ns.controller("alpha");
     // Several schedules at once: more reconciles, more chances for one to
     // work from a copy that has not seen its own last write.
-    let settings = "  schedule: {cron: \"*/6 * * * * *\", concurrencyPolicy: Replace, startingDeadlineSeconds: 60}\n";
+    // History limits high enough to keep every run: the test counts them.
+    let settings = "  schedule: {cron: \"*/6 * * * * *\", concurrencyPolicy: Replace, startingDeadlineSeconds: 60, successfulRunsHistoryLimit: 100, failedRunsHistoryLimit: 100}\n";
     let names = ["fast-a", "fast-b", "fast-c", "fast-d", "fast-e"];
     for name in names {
         ns.apply(&workflow(name, settings, &[task("tick", &[], "2s", 0, "")]));
@@ -200,7 +201,7 @@ async fn child_runs_that_would_share_a_name_are_refused_by_validation() {
 /// `<prefix>-<namespace>`, that refuses every request matching `rule` in
 /// the test's namespace with `message`: a stand-in for an API server that
 /// refuses one kind of call.
-fn deny_policy(ns: &TestNs, prefix: &str, rule: &str, message: &str) -> (String, String) {
+pub(crate) fn deny_policy(ns: &TestNs, prefix: &str, rule: &str, message: &str) -> (String, String) {
     let name = format!("{prefix}-{}", ns.name);
     let yaml = format!(
         "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {name}}}\nspec:\n\
@@ -213,7 +214,7 @@ fn deny_policy(ns: &TestNs, prefix: &str, rule: &str, message: &str) -> (String,
     (name, yaml)
 }
 
-fn remove_policy(ns: &TestNs, name: &str) {
+pub(crate) fn remove_policy(ns: &TestNs, name: &str) {
     ns.kubectl(&["delete", "validatingadmissionpolicybinding", name], None);
     ns.kubectl(&["delete", "validatingadmissionpolicy", name], None);
 }

@@ -17,7 +17,8 @@
 //!   against the chart's roles. A story then drives every code path that
 //!   talks to the API: the sample runs finish (`Succeeded`), a parent run
 //!   with a running child is stopped (child created, child patched, task pod
-//!   deleted), the controller is killed and restarted under the same
+//!   deleted), a run with `ttlSecondsAfterFinished: 0` is deleted once it
+//!   finished, the controller is killed and restarted under the same
 //!   identity (its Lease exists: create refused, get, update), and finally
 //!   stops cleanly (Lease deleted). The API server's audit log
 //!   (`e2e/audit-policy.yaml`: one line per request made with a
@@ -534,7 +535,8 @@ impl Drop for Controller {
 
 /// A workflow whose only task runs another workflow, whose only task runs
 /// for a minute: stopping the parent must patch the child, and the child
-/// must delete its pod.
+/// must delete its pod. And a run that is deleted as soon as it finished
+/// (ttlSecondsAfterFinished 0).
 const NESTED: &str = r#"
 apiVersion: baton.dev/v1alpha1
 kind: Workflow
@@ -557,6 +559,11 @@ apiVersion: baton.dev/v1alpha1
 kind: WorkflowInstance
 metadata: {name: outer-1}
 spec: {workflowRef: {name: outer}}
+---
+apiVersion: baton.dev/v1alpha1
+kind: WorkflowInstance
+metadata: {name: short-lived}
+spec: {workflowRef: {name: load-warehouse}, params: {date: "2026-01-01"}, ttlSecondsAfterFinished: 0}
 "#;
 
 /// One audit record of a request: (group, resource[/subresource], verb), namespace, HTTP code.

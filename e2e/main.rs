@@ -9,6 +9,7 @@ mod failover;
 mod flow;
 mod identity;
 mod install;
+mod retention;
 mod rules;
 mod runs;
 mod schedule;

@@ -10,8 +10,11 @@ use kube::api::{Api, ListParams};
 use crate::runs::{RUN_TIMEOUT, task, wait_phase, workflow};
 use crate::support::{TestNs, kubeconfig, wait_for};
 
+/// A scheduled workflow that keeps every run (the tests count them).
 fn scheduled(name: &str, cron: &str, policy: &str, deadline: i64, duration: &str) -> String {
-    let settings = format!("  schedule: {{cron: \"{cron}\", concurrencyPolicy: {policy}, startingDeadlineSeconds: {deadline}}}\n");
+    let settings = format!(
+        "  schedule: {{cron: \"{cron}\", concurrencyPolicy: {policy}, startingDeadlineSeconds: {deadline}, successfulRunsHistoryLimit: 100, failedRunsHistoryLimit: 100}}\n"
+    );
     workflow(name, &settings, &[task("tick", &[], duration, 0, "")])
 }
 

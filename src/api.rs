@@ -79,6 +79,25 @@ pub struct WorkflowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
 
+    /// Delete each run this many seconds after it finished (0: as soon as
+    /// it finished); its pods and child runs go with it. Unset: runs are
+    /// kept. A run's own `spec.ttlSecondsAfterFinished` overrides this. A
+    /// run copies the workflow when it starts, so a change here applies to
+    /// runs started after it. Child runs (of `workflowRef` tasks) go with
+    /// their parent instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+
+    /// When the pods of a run's tasks are deleted: `Never` (the default),
+    /// `OnTaskSuccess` (a task's pod once that task succeeded; pods of
+    /// failed attempts stay), `OnRunSuccess` (every pod once the run
+    /// succeeded), `OnRunFinished` (every pod once the run ended, whatever
+    /// the outcome). The run's status keeps what the pods reported (exit
+    /// codes, results, messages). A run may set its own `spec.podGC`.
+    #[serde(default, rename = "podGC")]
+    pub pod_gc: PodGc,
+
     /// The tasks of the DAG. Names are unique DNS labels.
     #[schemars(length(min = 1, max = 1000))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -155,6 +174,28 @@ pub struct Schedule {
     /// True stops new ticks; runs already started go on.
     #[serde(default)]
     pub suspend: bool,
+    /// Succeeded runs of this schedule to keep: older ones are deleted,
+    /// as CronJob deletes its old Jobs. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub successful_runs_history_limit: Option<i32>,
+    /// Failed or Stopped runs of this schedule to keep: older ones are
+    /// deleted. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub failed_runs_history_limit: Option<i32>,
+}
+
+impl Schedule {
+    /// `successfulRunsHistoryLimit` with its default applied.
+    pub fn successful_runs_history_limit(&self) -> usize {
+        self.successful_runs_history_limit.map_or(3, |n| n.max(0) as usize)
+    }
+
+    /// `failedRunsHistoryLimit` with its default applied.
+    pub fn failed_runs_history_limit(&self) -> usize {
+        self.failed_runs_history_limit.map_or(1, |n| n.max(0) as usize)
+    }
 }
 
 /// CronJob's concurrency policies.
@@ -167,6 +208,22 @@ pub enum ConcurrencyPolicy {
     Forbid,
     /// Stop the active run, then start the new one.
     Replace,
+}
+
+/// When the pods of a run's tasks are deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PodGc {
+    /// Pods are kept (they go when the run is deleted).
+    #[default]
+    Never,
+    /// A task's pod is deleted once the task succeeded; pods of failed
+    /// attempts are kept.
+    OnTaskSuccess,
+    /// Every pod of the run is deleted once the run succeeded.
+    OnRunSuccess,
+    /// Every pod of the run is deleted once the run ended, whatever the
+    /// outcome.
+    OnRunFinished,
 }
 
 /// One task of a workflow: a container to run, or another workflow to run as
@@ -403,6 +460,10 @@ pub struct StartingTick {
     {
         "rule": "(has(self.params) ? self.params : {}) == (has(oldSelf.params) ? oldSelf.params : {})",
         "message": "params cannot change once the run exists (tasks started later would see other values): create a new run"
+    },
+    {
+        "rule": "has(self.podGC) == has(oldSelf.podGC) && (!has(self.podGC) || self.podGC == oldSelf.podGC)",
+        "message": "podGC cannot change once the run exists: set it when creating the run"
     }
 ]))]
 pub struct WorkflowInstanceSpec {
@@ -427,6 +488,31 @@ pub struct WorkflowInstanceSpec {
         {"rule": "self >= oldSelf", "message": "retryFailed can only be increased"}
     ]))]
     pub retry_failed: i64,
+    /// Delete this run this many seconds after it finished (0: as soon as
+    /// it finished); its pods and child runs go with it. Overrides the
+    /// workflow's `ttlSecondsAfterFinished`; may be changed until the run
+    /// is deleted (to keep a finished run longer, for example). Ignored on
+    /// a child run (of a `workflowRef` task): it goes with its parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+    /// When this run's task pods are deleted, instead of the workflow's
+    /// `podGC`: `Never`, `OnTaskSuccess`, `OnRunSuccess` or
+    /// `OnRunFinished`. Set when the run is created; it cannot change.
+    #[serde(default, rename = "podGC", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "run_pod_gc_schema")]
+    pub pod_gc: Option<PodGc>,
+}
+
+/// Schema of a run's `spec.podGC`: the policies, and the field's own
+/// description (an optional enum would otherwise show the enum's).
+fn run_pod_gc_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "When this run's task pods are deleted, instead of the workflow's podGC: Never, OnTaskSuccess, OnRunSuccess or OnRunFinished. Set when the run is created; it cannot change.",
+        "type": "string",
+        "enum": ["Never", "OnTaskSuccess", "OnRunSuccess", "OnRunFinished"],
+        "nullable": true
+    })
 }
 
 /// Reference from a run to its Workflow.
@@ -585,13 +671,14 @@ pub struct WorkflowInstanceStatus {
     pub workflow_spec: Option<WorkflowSpec>,
 }
 
-/// Condition of a finished run that nothing of it is still running: until
-/// it is True, the run's owner keeps cleaning up (deleting pods, stopping
-/// children), retrying after errors.
+/// Condition of a finished run that nothing of it is still running and the
+/// pods its `podGC` deletes are gone: until it is True, the run's owner
+/// keeps cleaning up (deleting pods, stopping children), retrying after
+/// errors.
 pub const CONDITION_CLEANED_UP: &str = "CleanedUp";
 
 impl WorkflowInstanceStatus {
-    /// Finished, and no pod or child of the run is still running.
+    /// Finished, no pod or child of the run is still running, and podGC is done.
     pub fn cleaned_up(&self) -> bool {
         self.phase.is_some_and(RunPhase::is_terminal)
             && self.conditions.iter().any(|c| c.type_ == CONDITION_CLEANED_UP && c.status == "True")

@@ -35,16 +35,16 @@ pub fn trim<K: Resource>(object: &mut K) {
 /// Marks a cached run kept without its `status.workflowSpec`.
 pub const WITHOUT_SPEC: &str = "baton.dev/cached-without-workflow-spec";
 
-/// What the cache keeps of a run: [`trim`], and for a run that finished
-/// and was cleaned up, also not its copy of the workflow (most of a run's
+/// What the cache keeps of a run: [`trim`], and for an idle run (finished,
+/// cleaned up, no TTL to wait for), also not its copy of the workflow (most of a run's
 /// memory; thousands of finished runs stay cached until they are deleted).
 /// Such a copy is marked ([`WITHOUT_SPEC`]); the rare reconcile that acts
 /// on it reads the whole run first, and a status write of it is refused
 /// (see `fence::check`).
 pub fn trim_run(run: &mut WorkflowInstance) {
     trim(run);
-    if let Some(status) = run.status.as_mut()
-        && status.cleaned_up()
+    if crate::retention::idle(run)
+        && let Some(status) = run.status.as_mut()
         && status.workflow_spec.take().is_some()
     {
         run.annotations_mut().insert(WITHOUT_SPEC.into(), "true".into());

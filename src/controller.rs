@@ -36,6 +36,7 @@ use crate::objects::{
 };
 use crate::ownership::{self, Decision};
 use crate::planner::{self, Action, ChildRequest, Observed, results};
+use crate::reaper::Expiry;
 
 /// Owner changes kept in `status.ownerHistory`.
 const OWNER_HISTORY: usize = 10;
@@ -292,8 +293,7 @@ async fn reconcile_run(run: Arc<WorkflowInstance>, ctx: Arc<Context>) -> Result<
     let api: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let status = run.status.clone().unwrap_or_default();
     let uid = run.uid().unwrap_or_default();
-    let idle = status.cleaned_up() && status.observed_generation == run.metadata.generation;
-    let decision = ctx.decide(status.owner.as_ref(), &uid, idle);
+    let decision = ctx.decide(status.owner.as_ref(), &uid, crate::retention::idle(&run));
     if decision != Decision::Leave && crate::cache::without_spec(&run) {
         // A finished run cached without its workflow copy, that someone
         // changed: act on the whole run.
@@ -449,6 +449,24 @@ async fn execute(
     let name = run.name_any();
     let uid = run.uid().unwrap_or_default();
     let mut status = run.status.clone().unwrap_or_default();
+    if crate::retention::settled(&run) {
+        // Finished and cleaned up: only its TTL is left (without one it is
+        // idle). A new owner's claim is written first.
+        let run = match claim {
+            Some(reason) => {
+                let claim = Claim::take(&mut status, reason, &ctx.membership);
+                write(api, &run, status.clone(), Some(&claim), ctx).await?
+            }
+            None => run,
+        };
+        let (phase, requeue) = match crate::reaper::expire(ctx, api, &run).await? {
+            Expiry::Kept => (status.phase, Requeue::await_change()),
+            Expiry::Wait(after) => (status.phase, Requeue::requeue(after.min(RESYNC))),
+            Expiry::Deleted => (None, Requeue::await_change()),
+        };
+        ctx.track(&uid, phase);
+        return Ok(requeue);
+    }
     let claim = claim.map(|reason| Claim::take(&mut status, reason, &ctx.membership));
     let claim = claim.as_ref();
     if status.workflow_spec.is_none() && !status.phase.unwrap_or_default().is_terminal() {

@@ -20,6 +20,8 @@ pub mod naming;
 pub mod objects;
 pub mod ownership;
 pub mod planner;
+pub mod reaper;
+pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod template;

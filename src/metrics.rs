@@ -56,6 +56,13 @@ impl From<OwnerChangeReason> for Reason {
     }
 }
 
+/// Why a run was deleted: `ttl` (ttlSecondsAfterFinished) or `history`
+/// (a schedule's history limits).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeletedLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClaimLabel {
     pub reason: Reason,
@@ -84,6 +91,8 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabel, Counter>,
     /// Time requests waited for the client-side rate limit.
     pub api_throttled_seconds: Counter<f64, AtomicU64>,
+    /// Finished runs this controller deleted, by reason.
+    pub runs_deleted: Family<DeletedLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +113,7 @@ impl Default for Metrics {
             admission_reviews: Family::default(),
             api_requests: Family::default(),
             api_throttled_seconds: Counter::default(),
+            runs_deleted: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles of runs", m.reconciles.clone());
@@ -131,6 +141,11 @@ impl Default for Metrics {
             "api_throttled_seconds",
             "Time requests waited for the client-side rate limit (--kube-qps, --kube-burst)",
             m.api_throttled_seconds.clone(),
+        );
+        registry.register(
+            "runs_deleted",
+            "Finished runs deleted: ttl (ttlSecondsAfterFinished passed) or history (over a schedule's history limits)",
+            m.runs_deleted.clone(),
         );
         Metrics { registry, ..m }
     }

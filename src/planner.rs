@@ -33,6 +33,7 @@ mod actions;
 mod exit;
 mod fanout;
 mod observe;
+pub mod podgc;
 mod ready;
 mod requests;
 pub mod results;
@@ -511,8 +512,10 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let requeue_after = step.requeue_after();
     step.st.progress = Some(step.progress());
     let (mut st, events) = step.into_status();
-    let actions = actions(&st, input.spec, input.observed);
-    if st.phase.unwrap_or_default().is_terminal() && !still_running(input.observed) {
+    let mut actions = actions(&st, input.spec, input.observed);
+    // Ended pods that podGC deletes: the run is not cleaned up until they are gone.
+    let collect = podgc::deletes(crate::retention::pod_gc(input.spec, input.workflow), input.run_name, &st, input.observed);
+    if st.phase.unwrap_or_default().is_terminal() && !still_running(input.observed) && collect.is_empty() {
         crate::conditions::set(
             &mut st.conditions,
             CONDITION_CLEANED_UP,
@@ -523,6 +526,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             time(input.now),
         );
     }
+    actions.extend(collect.into_iter().map(|name| Action::DeletePod { name }));
     Plan { status: st, actions, events, requeue_after }
 }
 

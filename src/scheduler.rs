@@ -26,7 +26,7 @@ use crate::controller::{Context, Error, check_workflow, next_owner, scoped, set_
 use crate::fence::{self, Fence};
 use crate::objects::{self, Belongs, LABEL_SCHEDULED_BY};
 use crate::ownership::Decision;
-use crate::{naming, schedule};
+use crate::{naming, retention, schedule};
 
 /// Longest wait before a workflow is looked at again.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -103,10 +103,12 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
     status.observed_generation = wf.metadata.generation;
     let runs: Api<WorkflowInstance> = Api::namespaced(ctx.client.clone(), &wf.namespace().unwrap_or_default());
     let mut requeue = RESYNC;
+    // The schedule's runs, for its active runs and its history limits.
+    let listed = if wf.spec.schedule.is_some() { scheduled_runs(&runs, &wf).await? } else { Vec::new() };
     let schedule = wf.spec.schedule.as_ref().filter(|s| problems.is_none() && !s.suspend).and_then(|s| Some((s, schedule::parse(s).ok()?)));
     if let Some((sched, parsed)) = schedule {
         let now = Timestamp::now();
-        let active = active_runs(&runs, &wf).await?;
+        let active = active(&listed);
         status.active_runs = active.clone();
         if status.starting_tick.is_none() {
             let last = read.last_schedule_time.as_ref().or(wf.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0);
@@ -138,9 +140,16 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
             requeue = Duration::try_from(next.duration_since(Timestamp::now())).unwrap_or_default().min(RESYNC) + Duration::from_millis(20);
         }
     }
+    // Finished runs over the history limits (suspended or not, as CronJob),
+    // never the run of a tick being started: deleted after the write below.
+    let starting: Vec<&str> = [&read.starting_tick, &status.starting_tick].into_iter().flatten().map(|t| t.run.as_str()).collect();
+    let excess = wf.spec.schedule.as_ref().map_or_else(Vec::new, |s| {
+        retention::over_history(&listed, s.successful_runs_history_limit(), s.failed_runs_history_limit(), &starting)
+    });
     // Step (1): a tick to start is always written (a no-op when it was
-    // recorded earlier): the write proves this copy is current and ours.
-    let written = if status != read || status.starting_tick.is_some() {
+    // recorded earlier), and so is a schedule whose runs are to be deleted:
+    // the write proves this copy is current and ours.
+    let written = if status != read || status.starting_tick.is_some() || !excess.is_empty() {
         fence::write_status(api, &wf, status, Fence::Owner, &ctx.membership, &ctx.metrics).await?
     } else {
         wf
@@ -148,6 +157,7 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
     for (warning, reason, message) in events.drain(..) {
         ctx.event(&written, warning, reason, message);
     }
+    crate::reaper::trim_history(ctx, &runs, &written, &excess).await;
     let Some(tick) = written.status.as_ref().and_then(|s| s.starting_tick.clone()) else {
         return Ok(Requeue::requeue(requeue));
     };
@@ -168,6 +178,7 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
         }
         start_run(ctx, &runs, &written, &tick).await?
     };
+    crate::failpoint!("schedule-tick-started");
     // Step (3). Condition `TickStarted` says how the last tick ended, so a
     // tick that could not start is visible in status, not only in an Event.
     let mut done = written.status.clone().unwrap_or_default();
@@ -221,20 +232,26 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
     Ok(Requeue::requeue(requeue))
 }
 
-/// Names of the unfinished runs this workflow's schedule started (by label,
-/// and only those whose controller ownerReference is this workflow), sorted.
-async fn active_runs(runs: &Api<WorkflowInstance>, wf: &Workflow) -> Result<Vec<String>, Error> {
+/// The runs this workflow's schedule started (by label, and only those
+/// whose controller ownerReference is this workflow).
+async fn scheduled_runs(runs: &Api<WorkflowInstance>, wf: &Workflow) -> Result<Vec<WorkflowInstance>, Error> {
     let uid = wf.uid().unwrap_or_default();
     let selector = format!("{LABEL_SCHEDULED_BY}={}", naming::label_value(&wf.name_any()));
     let mine = runs.list(&ListParams::default().labels(&selector)).await?;
-    let mut active: Vec<String> = mine
-        .iter()
-        .filter(|r| objects::controlled_by(&r.metadata, &uid))
-        .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal()))
-        .map(|r| r.name_any())
-        .collect();
+    Ok(mine.items.into_iter().filter(|r| objects::controlled_by(&r.metadata, &uid)).collect())
+}
+
+/// Names of the unfinished runs among `runs`, sorted.
+fn active(runs: &[WorkflowInstance]) -> Vec<String> {
+    let mut active: Vec<String> =
+        runs.iter().filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal())).map(|r| r.name_any()).collect();
     active.sort();
-    Ok(active)
+    active
+}
+
+/// Names of the unfinished runs this workflow's schedule started, sorted.
+async fn active_runs(runs: &Api<WorkflowInstance>, wf: &Workflow) -> Result<Vec<String>, Error> {
+    Ok(active(&scheduled_runs(runs, wf).await?))
 }
 
 /// Asks the runs of earlier ticks to stop (`Replace`), those that are still

@@ -141,7 +141,10 @@ fn workflows() -> Vec<String> {
         workflow(COLLIDE_B, "", &[task("test", &[], "3s", 0, "")]),
     ];
     for (name, policy) in SCHEDULED {
-        let settings = format!("  schedule: {{cron: \"{CRON}\", concurrencyPolicy: {policy}}}\n");
+        // Every run is kept: the invariants account for each run a tick started.
+        let settings = format!(
+            "  schedule: {{cron: \"{CRON}\", concurrencyPolicy: {policy}, successfulRunsHistoryLimit: 10000, failedRunsHistoryLimit: 10000}}\n"
+        );
         all.push(workflow(name, &settings, &[task("a", &[], "2s", 0, ""), task("b", &["a"], "2s", 0, "")]));
     }
     all

@@ -510,4 +510,5 @@ fn a_timed_out_pod_is_deleted_before_its_slot_is_reused() {
 }
 
 mod flow;
+mod podgc;
 mod review;
