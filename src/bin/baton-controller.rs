@@ -56,11 +56,11 @@ struct Flags {
     /// Most requests a second this controller makes to the API server, on
     /// average (client-go's QPS); 0 means no limit. Every request counts,
     /// watches included.
-    #[arg(long, default_value_t = 200.0)]
+    #[arg(long, default_value_t = 500.0)]
     kube_qps: f64,
     /// Most requests this controller makes at once before --kube-qps
     /// applies (client-go's burst).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 1000)]
     kube_burst: u32,
     /// Record a Normal Event for every task started, succeeded or stopped.
     /// Off by default: status records all of it, and an Event is one more
