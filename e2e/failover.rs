@@ -316,3 +316,49 @@ async fn a_quiet_lease_watch_never_makes_a_controller_take_its_live_peers_runs()
     }
     ns.done().await;
 }
+
+/// A controller that takes a run over must not trust watches that are
+/// behind: here the new owner's pod watch shows nothing (failpoint
+/// `pod-watch-lag`) while the run it claims is being terminated. It lists
+/// the run's pods when it claims, so the running pod is deleted, not left
+/// running under a run that says it is cleaned up (review of the cache).
+#[tokio::test]
+async fn a_new_owner_whose_pod_watch_is_behind_still_deletes_the_pods_of_a_run_it_terminates() {
+    let ns = TestNs::new("lagging").await;
+    let mut alpha = ns.controller("alpha");
+    let beta = ControllerProc::start_with_failpoints("beta", &ns.name, &[], "pod-watch-lag=return");
+    ns.apply(&workflow("long", "", &[task("sleep", &[], "1h", 0, "")]));
+    // A run alpha owns, whose pod beta has never seen.
+    let mut mine = None;
+    for i in 0..12 {
+        let name = format!("long-{i}");
+        ns.apply(&run(&name, "long", ""));
+        if owner_index(&ns, &name, &[&alpha, &beta]).await == 0 {
+            mine = Some(name);
+            break;
+        }
+    }
+    let name = mine.expect("one of 12 runs hashed to alpha");
+    let pod = wait_for("alpha's run to have its pod running", Duration::from_secs(30), || async {
+        let pods = pods_of(&ns, &name).await;
+        let running = pods.iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        running.map(|p| p.name_any()).ok_or(format!("{} pods", pods.len()))
+    })
+    .await;
+    alpha.freeze();
+    patch_spec(&ns, &name, serde_json::json!({"shutdown": "Terminate"})).await;
+    wait_owner(&ns, &name, "beta", LEASE_DURATION * 4).await;
+    wait_phase(&ns, &name, |p| p == RunPhase::Stopped).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    wait_for(&format!("pod {pod} to be deleted"), Duration::from_secs(20), || async {
+        match pods.get_opt(&pod).await.map_err(|e| e.to_string())? {
+            Some(p) if p.metadata.deletion_timestamp.is_none() => Err(format!("still {:?}", p.status.and_then(|s| s.phase))),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    alpha.thaw();
+    alpha.kill();
+    beta.assert_no_panic();
+    ns.done().await;
+}

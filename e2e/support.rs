@@ -176,6 +176,8 @@ pub struct ControllerProc {
     pub identity: String,
     namespace: String,
     extra: Vec<String>,
+    /// Failpoints configured from the start (`FAILPOINTS`).
+    failpoints: String,
     child: Option<Child>,
     pub log: PathBuf,
     /// Length of the log when the process was last started: what it logs
@@ -185,10 +187,17 @@ pub struct ControllerProc {
 
 impl ControllerProc {
     pub fn start(identity: &str, namespace: &str, extra: &[&str]) -> ControllerProc {
+        Self::start_with_failpoints(identity, namespace, extra, "")
+    }
+
+    /// Starts a controller with failpoints set before it does anything
+    /// (`name=action;...`).
+    pub fn start_with_failpoints(identity: &str, namespace: &str, extra: &[&str], failpoints: &str) -> ControllerProc {
         let mut p = ControllerProc {
             identity: identity.into(),
             namespace: namespace.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            failpoints: failpoints.into(),
             child: None,
             log: state_dir().join(format!("logs/controller-{namespace}-{identity}.log")),
             log_start: 0,
@@ -205,6 +214,7 @@ impl ControllerProc {
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info,baton=debug,kube=warn")
             .env("NO_COLOR", "1")
+            .env("FAILPOINTS", &self.failpoints)
             .args(["--identity", &self.identity])
             .args(["--namespace", &self.namespace])
             .args(["--lease-namespace", &self.namespace])

@@ -5,9 +5,13 @@
 //! reconcile reads it instead of listing from the API server.
 //!
 //! A cache lags the API server by the watch's delay. That stays harmless:
-//! - what this controller created itself is counted as existing until the
-//!   watch shows it (the "expectations" of client-go's ReplicaSet
-//!   controller), so a pod just created is never taken for a missing one;
+//! - what this controller knows exists from an API answer (a create it
+//!   made; the listing a new owner makes when it takes a run over from
+//!   another controller) counts as existing until the watch shows it, or a
+//!   listing begun after it completes without it (the "expectations" of
+//!   client-go's ReplicaSet controller), so a pod is never taken for a
+//!   missing one just because its watch is behind another's;
+//! - what the watch showed deleted is never brought back by an older answer;
 //! - an object is a run's only by its controller ownerReference's UID;
 //! - the fenced status write before any action proves the run as read is
 //!   current, and a create that meets `AlreadyExists` adopts only by UID.
@@ -56,10 +60,12 @@ pub fn without_spec(run: &WorkflowInstance) -> bool {
     run.annotations().contains_key(WITHOUT_SPEC)
 }
 
-/// How long an object this controller created counts as existing without
-/// the watch showing it. Past this the watch is trusted: the object was
-/// deleted again before the watch could report it.
-const EXPECT_FOR: Duration = Duration::from_secs(30);
+/// Longest an object known from an API answer counts as existing without
+/// the watch showing it (a safety net: a relist settles it sooner).
+const EXPECT_FOR: Duration = Duration::from_secs(600);
+/// How long the UID of an object the watch showed deleted is remembered,
+/// so that an older API answer naming it does not bring it back.
+const TOMBSTONE_FOR: Duration = Duration::from_secs(600);
 
 /// A kind whose objects a run controls, and what the planner reads of one.
 pub trait Observe: Resource + Sized {
@@ -103,6 +109,7 @@ impl Observe for WorkflowInstance {
         let annotations = self.annotations();
         ObservedChild {
             uid: self.uid().unwrap_or_default(),
+            resource_version: self.resource_version().unwrap_or_default(),
             task: self.labels().get(LABEL_TASK).cloned().unwrap_or_default(),
             name: self.name_any(),
             phase: self.status.as_ref().and_then(|s| s.phase),
@@ -178,9 +185,13 @@ struct State<V> {
     relisting: Option<Entries<V>>,
     /// The first listing completed.
     synced: bool,
-    /// Objects this controller created that the watch has not shown yet:
-    /// object UID -> (run UID, name, view, when created).
+    /// Objects known from an API answer that the watch has not shown yet:
+    /// object UID -> (run UID, name, view, when known).
     expected: HashMap<String, (String, String, V, Instant)>,
+    /// When the listing in progress began.
+    relist_began: Option<Instant>,
+    /// UIDs the watch showed deleted, and when.
+    deleted: HashMap<String, Instant>,
 }
 
 /// The objects of one kind that runs control, by run.
@@ -190,7 +201,15 @@ pub struct Index<K: Observe> {
 
 impl<K: Observe> Default for Index<K> {
     fn default() -> Self {
-        Index { state: Mutex::new(State { live: Entries::default(), relisting: None, synced: false, expected: HashMap::new() }) }
+        let state = State {
+            live: Entries::default(),
+            relisting: None,
+            synced: false,
+            expected: HashMap::new(),
+            relist_began: None,
+            deleted: HashMap::new(),
+        };
+        Index { state: Mutex::new(state) }
     }
 }
 
@@ -203,7 +222,10 @@ impl<K: Observe> Index<K> {
     pub fn apply(&self, event: &Event<K>) {
         let mut st = self.lock();
         match event {
-            Event::Init => st.relisting = Some(Entries::default()),
+            Event::Init => {
+                st.relisting = Some(Entries::default());
+                st.relist_began = Some(Instant::now());
+            }
             Event::InitApply(object) => {
                 st.expected.remove(&object.uid().unwrap_or_default());
                 if let Some(listing) = st.relisting.as_mut() {
@@ -213,6 +235,11 @@ impl<K: Observe> Index<K> {
             Event::InitDone => {
                 if let Some(listing) = st.relisting.take() {
                     st.live = listing;
+                }
+                // What was known before this listing began and is not in it
+                // is gone.
+                if let Some(began) = st.relist_began.take() {
+                    st.expected.retain(|_, (_, _, _, since)| *since > began);
                 }
                 st.synced = true;
             }
@@ -225,6 +252,9 @@ impl<K: Observe> Index<K> {
                 let uid = object.uid().unwrap_or_default();
                 st.expected.remove(&uid);
                 st.live.remove(&uid);
+                let now = Instant::now();
+                st.deleted.retain(|_, at| now.duration_since(*at) < TOMBSTONE_FOR);
+                st.deleted.insert(uid, now);
             }
         }
     }
@@ -251,12 +281,13 @@ impl<K: Observe> Index<K> {
         found.into_values().collect()
     }
 
-    /// Remembers an object this controller just created (the API server's
-    /// answer), until the watch shows it.
-    pub fn created(&self, object: &K) {
+    /// Remembers an object an API answer showed (a create's, a listing's),
+    /// until the watch shows it, unless the watch showed it already or
+    /// showed it deleted.
+    pub fn expect(&self, object: &K) {
         let (Some(uid), Some(run)) = (object.uid(), controlling_run(object)) else { return };
         let mut st = self.lock();
-        if !st.live.place.contains_key(&uid) {
+        if !st.live.place.contains_key(&uid) && !st.deleted.contains_key(&uid) {
             st.expected.insert(uid, (run, object.name_any(), object.view(), Instant::now()));
         }
     }
@@ -370,17 +401,36 @@ mod tests {
         let index = Index::<Pod>::default();
         index.apply(&Event::Init);
         index.apply(&Event::InitDone);
-        index.created(&pod("a", "1", "run", "Pending"));
+        index.expect(&pod("a", "1", "run", "Pending"));
         assert_eq!(names(&index, "run"), [("a".to_string(), PodState::Waiting)]);
         index.apply(&Event::Apply(pod("a", "1", "run", "Running")));
         assert_eq!(names(&index, "run"), [("a".to_string(), PodState::Running)]);
         // The watch already showed it: the (older) create answer changes nothing.
-        index.created(&pod("a", "1", "run", "Pending"));
+        index.expect(&pod("a", "1", "run", "Pending"));
         assert_eq!(names(&index, "run"), [("a".to_string(), PodState::Running)]);
         // Deleted before the watch saw the create answer's pod: gone for good.
-        index.created(&pod("b", "2", "run", "Pending"));
+        index.expect(&pod("b", "2", "run", "Pending"));
         index.apply(&Event::Delete(pod("b", "2", "run", "Pending")));
         assert_eq!(names(&index, "run"), [("a".to_string(), PodState::Running)]);
+        // The watch showed it created and deleted before the create's answer
+        // was taken in: the answer does not bring it back.
+        index.apply(&Event::Apply(pod("c", "3", "run", "Pending")));
+        index.apply(&Event::Delete(pod("c", "3", "run", "Pending")));
+        index.expect(&pod("c", "3", "run", "Pending"));
+        assert_eq!(names(&index, "run"), [("a".to_string(), PodState::Running)]);
+    }
+
+    #[test]
+    fn a_known_pod_counts_until_a_listing_begun_after_it_completes_without_it() {
+        let index = Index::<Pod>::default();
+        index.apply(&Event::Init);
+        index.expect(&pod("a", "1", "run", "Running"));
+        index.apply(&Event::InitDone);
+        // Known after that listing began: it may have missed it.
+        assert_eq!(names(&index, "run"), [("a".to_string(), PodState::Running)]);
+        index.apply(&Event::Init);
+        index.apply(&Event::InitDone);
+        assert!(index.of("run").is_empty(), "a later listing without it: gone");
     }
 
     #[test]

@@ -13,10 +13,10 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -117,15 +117,6 @@ impl Context {
         }
     }
 
-    /// The Workflow `name` in `ns`: from the cache, or, when the cache does
-    /// not have it (yet), from the API server.
-    async fn workflow(&self, ns: &str, name: &str) -> Result<Option<Workflow>, Error> {
-        if let Some(wf) = self.workflows.get(&ObjectRef::new(name).within(ns)) {
-            return Ok(Some((*wf).clone()));
-        }
-        Ok(Api::<Workflow>::namespaced(self.client.clone(), ns).get_opt(name).await?)
-    }
-
     /// What to do with an object (run or Workflow) whose status names
     /// `owner`: the facts this controller knows, handed to
     /// [`ownership::decide`].
@@ -156,6 +147,12 @@ impl Context {
             }
             None => false,
         }
+    }
+
+    /// Drops what this controller remembers of a run that is gone.
+    fn forget(&self, uid: &str) {
+        self.replaced.lock().expect("poisoned").remove(uid);
+        self.track(uid, None);
     }
 
     /// Unfinished runs this controller still owns.
@@ -414,12 +411,11 @@ async fn reject(
     Ok(Requeue::await_change())
 }
 
-/// Checks a workflow in namespace `ns` (for a run that names it, when
-/// `run` is given); the problems, if any, as one line. The workflows it
-/// refers to are looked up in `workflows` (the cache).
+/// Checks a workflow (for a run that names it, when `run` is given); the
+/// problems, if any, as one line. `referenced(w)` gives the workflows that
+/// the workflow `w` of the same namespace refers to, if `w` exists.
 pub(crate) fn check_workflow(
-    workflows: &Store<Workflow>,
-    ns: &str,
+    referenced: impl Fn(&str) -> Option<Vec<String>>,
     name: &str,
     spec: &WorkflowSpec,
     run: Option<&WorkflowInstance>,
@@ -428,13 +424,33 @@ pub(crate) fn check_workflow(
     if let Some(Err(p)) = run.map(|r| dag::resolve_params(spec, &r.spec.params)) {
         problems.extend(p.iter().map(ToString::to_string));
     }
-    if !dag::referenced_workflows(spec).is_empty() {
-        let referenced = |w: &str| workflows.get(&ObjectRef::new(w).within(ns)).map(|wf| dag::referenced_workflows(&wf.spec));
-        if let Some(chain) = dag::workflow_cycle(name, referenced) {
-            problems.push(format!("workflowRef chain leads back to itself: {}", chain.join(" -> ")));
-        }
+    if !dag::referenced_workflows(spec).is_empty()
+        && let Some(chain) = dag::workflow_cycle(name, referenced)
+    {
+        problems.push(format!("workflowRef chain leads back to itself: {}", chain.join(" -> ")));
     }
     (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// Lists the run's pods and child runs by label from the API server into
+/// the cache. A controller taking a run over from another does this once:
+/// its pod and child watches can be behind its run watch (they are other
+/// streams), and the run may be ending in this very step, where a pod it
+/// cannot see would be neither deleted nor waited for. (A run's first owner
+/// has nothing to list: only an owner creates a run's pods.)
+async fn list_into_cache(ctx: &Context, run: &WorkflowInstance) -> Result<(), Error> {
+    let (ns, name, uid) = (run.namespace().unwrap_or_default(), run.name_any(), run.uid().unwrap_or_default());
+    let label = naming::label_value(&name);
+    let (pod_api, child_api) =
+        (Api::<Pod>::namespaced(ctx.client.clone(), &ns), Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns));
+    let (pod_params, child_params) = (
+        ListParams::default().labels(&format!("{LABEL_INSTANCE}={label}")),
+        ListParams::default().labels(&format!("{LABEL_PARENT}={label}")),
+    );
+    let (pods, children) = futures::try_join!(pod_api.list(&pod_params), child_api.list(&child_params))?;
+    pods.items.iter().filter(|p| objects::controlled_by(&p.metadata, &uid)).for_each(|p| ctx.cache.pods.expect(p));
+    children.items.iter().filter(|c| objects::controlled_by(&c.metadata, &uid)).for_each(|c| ctx.cache.children.expect(c));
+    Ok(())
 }
 
 /// Runs one planner step for a run this controller owns, or claims (then
@@ -470,12 +486,21 @@ async fn execute(
     let claim = claim.map(|reason| Claim::take(&mut status, reason, &ctx.membership));
     let claim = claim.as_ref();
     if status.workflow_spec.is_none() && !status.phase.unwrap_or_default().is_terminal() {
+        // The Workflow as it is now, from the API server (one read per run):
+        // a copy from the cache could predate an edit the user made just
+        // before creating the run, and the run would keep it for good.
+        let wf_api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &ns);
         let wf_name = &run.spec.workflow_ref.name;
-        let Some(wf) = ctx.workflow(&ns, wf_name).await? else {
+        let Some(wf) = wf_api.get_opt(wf_name).await? else {
             let message = format!("workflow {wf_name:?} does not exist in namespace {ns}");
             return reject(api, &run, (status, claim), "WorkflowNotFound", message, ctx).await;
         };
-        if let Some(problems) = check_workflow(&ctx.workflows, &ns, wf_name, &wf.spec, Some(&run)) {
+        let all: BTreeMap<String, Vec<String>> = if dag::referenced_workflows(&wf.spec).is_empty() {
+            BTreeMap::new()
+        } else {
+            wf_api.list(&ListParams::default()).await?.into_iter().map(|w| (w.name_any(), dag::referenced_workflows(&w.spec))).collect()
+        };
+        if let Some(problems) = check_workflow(|w| all.get(w).cloned(), wf_name, &wf.spec, Some(&run)) {
             return reject(api, &run, (status, claim), "InvalidWorkflow", format!("workflow {wf_name}: {problems}"), ctx).await;
         }
         set_condition(
@@ -500,6 +525,9 @@ async fn execute(
         (Ok(d), Ok(v)) => (d, v),
         (Err(p), _) | (_, Err(p)) => return reject(api, &run, (status, claim), "InvalidWorkflow", dag::summarize(&p), ctx).await,
     };
+    if claim.is_some_and(|c| c.reason != OwnerChangeReason::Created) {
+        list_into_cache(ctx, &run).await?;
+    }
     let observed = ctx.cache.observed(&uid);
     let plan = planner::plan(&planner::Input {
         run_name: &name,
@@ -605,7 +633,7 @@ async fn carry_out(
             match scope(task).and_then(|s| objects::pod(run, task_spec(task), task, *attempt, &s, epoch)) {
                 Ok(pod) => {
                     crate::failpoint!("run-create-pod");
-                    create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, |p| ctx.cache.pods.created(p)).await
+                    create(ctx, run, task, &Api::<Pod>::namespaced(ctx.client.clone(), &ns), &pod, |p| ctx.cache.pods.expect(p)).await
                 }
                 Err(message) => Ok(invalid(task, message)),
             }
@@ -615,7 +643,7 @@ async fn carry_out(
                 Ok(child) => {
                     crate::failpoint!("run-create-child");
                     let api = Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns);
-                    create(ctx, run, task, &api, &child, |c| ctx.cache.children.created(c)).await
+                    create(ctx, run, task, &api, &child, |c| ctx.cache.children.expect(c)).await
                 }
                 Err(message) => Ok(invalid(task, message)),
             }
@@ -648,6 +676,8 @@ async fn carry_out(
                 }),
             };
             patch["metadata"]["uid"] = serde_json::json!(uid);
+            let version = observed.children.iter().find(|c| &c.name == name).map(|c| c.resource_version.clone());
+            patch["metadata"]["resourceVersion"] = serde_json::json!(version.filter(|v| !v.is_empty()));
             let api = Api::<WorkflowInstance>::namespaced(ctx.client.clone(), &ns);
             match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(child) => {
@@ -826,11 +856,23 @@ pub async fn run(
         .backoff(crate::backoff::watch())
         .modify(crate::cache::trim_run)
         .reflect(writer)
-        .inspect_ok(move |event| run_ctx.note_listed("runs", event))
+        .inspect_ok(move |event| {
+            run_ctx.note_listed("runs", event);
+            if let watcher::Event::Delete(run) = event {
+                run_ctx.forget(&run.uid().unwrap_or_default());
+            }
+        })
         .applied_objects();
     let run_pods = watcher(pods, watcher::Config::default().labels(LABEL_INSTANCE).any_semantic())
         .backoff(crate::backoff::watch())
-        .inspect_ok(move |event| pod_ctx.cache.pods.apply(event))
+        .inspect_ok(move |event| {
+            // Failpoint: this controller's pod watch is behind (its pod
+            // events do not reach the cache; its listings come up empty).
+            if crate::failpoint_on!("pod-watch-lag") && !matches!(event, watcher::Event::Init | watcher::Event::InitDone) {
+                return;
+            }
+            pod_ctx.cache.pods.apply(event)
+        })
         .touched_objects();
     let children = watcher(runs, watcher::Config::default().labels(LABEL_PARENT).any_semantic())
         .backoff(crate::backoff::watch())

@@ -1,7 +1,10 @@
 //! Failpoints for the end-to-end tests (compiled only with the
 //! `failpoints` feature): [`crate::failpoint!`] marks a point in the code,
 //! `PUT /failpoints/<name>` on the metrics server configures it with a
-//! `fail` action (`pause`, `off`, `sleep(1000)`, `panic`, ...).
+//! `fail` action (`pause`, `off`, `sleep(1000)`, `panic`, ...), and so
+//! does the environment variable `FAILPOINTS` at start
+//! (`name=action;name=action`), for a failpoint that must hold from the
+//! first moment.
 
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -19,6 +22,11 @@ pub fn hit(name: &str) {
     info!(failpoint = name, %actions, "failpoint hit");
     tokio::task::block_in_place(|| fail::fail_point!(name));
     info!(failpoint = name, "failpoint passed");
+}
+
+/// Whether failpoint `name` is configured with any action but `off`.
+pub fn on(name: &str) -> bool {
+    fail::list().into_iter().any(|(n, a)| n == name && !a.is_empty() && a != "off")
 }
 
 /// `PUT /failpoints/<name>` with the actions as the body.

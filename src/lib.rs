@@ -40,6 +40,19 @@ macro_rules! failpoint {
     };
 }
 
+/// Whether failpoint `name` is configured (always false without the
+/// `failpoints` feature): for a condition held as long as a test wants it.
+#[macro_export]
+macro_rules! failpoint_on {
+    ($name:literal) => {{
+        #[cfg(feature = "failpoints")]
+        let on = $crate::failpoints::on($name);
+        #[cfg(not(feature = "failpoints"))]
+        let on = false;
+        on
+    }};
+}
+
 /// Errors of the crate. Variants say whose fault it is, so metrics and
 /// events can tell user mistakes from API trouble.
 #[derive(Debug, thiserror::Error)]

@@ -73,6 +73,9 @@ pub struct ObservedChild {
     pub name: String,
     /// Patches carry it as a precondition: never steer a namesake.
     pub uid: String,
+    /// Patches carry it too: a child changed since it was observed (its
+    /// own pause, say) is looked at again before it is steered.
+    pub resource_version: String,
     pub task: String,
     pub phase: Option<RunPhase>,
     /// Its `spec.suspend` (whoever set it).

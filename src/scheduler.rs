@@ -88,7 +88,9 @@ async fn act(api: &Api<Workflow>, wf: Workflow, ctx: &Context) -> Result<Requeue
     let read = wf.status.clone().unwrap_or_default();
     let mut status = read.clone();
     let name = wf.name_any();
-    let problems = check_workflow(&ctx.workflows, &wf.namespace().unwrap_or_default(), &name, &wf.spec, None);
+    let ns = wf.namespace().unwrap_or_default();
+    let referenced = |w: &str| ctx.workflows.get(&ObjectRef::new(w).within(&ns)).map(|wf| crate::dag::referenced_workflows(&wf.spec));
+    let problems = check_workflow(referenced, &name, &wf.spec, None);
     let was_valid = read.conditions.iter().find(|c| c.type_ == "Valid").map(|c| (c.status.clone(), c.message.clone()));
     let mut events: Vec<Note> = Vec::new();
     match &problems {

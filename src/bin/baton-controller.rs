@@ -53,9 +53,10 @@ struct Flags {
     /// Watch only this namespace. Default: all namespaces.
     #[arg(long)]
     namespace: Option<String>,
-    /// Most requests a second this controller makes to the API server, on
-    /// average (client-go's QPS); 0 means no limit. Every request counts,
-    /// watches included.
+    /// Most requests a second this controller makes to the API server for
+    /// its runs and Workflows, on average (client-go's QPS); 0 means no
+    /// limit. Every such request counts, watches included; its Lease and
+    /// the admission webhook have their own, unlimited client.
     #[arg(long, default_value_t = 500.0)]
     kube_qps: f64,
     /// Most requests this controller makes at once before --kube-qps
@@ -90,6 +91,9 @@ async fn signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    // Failpoints configured by $FAILPOINTS (test builds only).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     if let Err(message) = baton::ownership::check_timing(flags.lease_duration, flags.renew_interval) {
         eprintln!("error: {message}");
         std::process::exit(2);
@@ -105,13 +109,18 @@ async fn main() -> anyhow::Result<()> {
     let identity = identity(flags.identity);
     let metrics = Arc::new(Metrics::default());
     let client = baton::client::build(Budget::new(flags.kube_qps, flags.kube_burst, metrics.clone())).await?;
+    // The Lease and the admission webhook never wait behind the runs' work
+    // for the rate limit (a renewal stuck in that queue would cost this
+    // controller its runs), as leader election has its own client in
+    // kube-controller-manager. Their requests are few and still counted.
+    let own_client = baton::client::build(Budget::new(0.0, 1, metrics.clone())).await?;
     let config = LeaseConfig {
         identity: identity.clone(),
         namespace: flags.lease_namespace,
         lease_duration: flags.lease_duration,
         renew_interval: flags.renew_interval,
     };
-    let (membership, lease_task) = lease::start(client.clone(), config).await?;
+    let (membership, lease_task) = lease::start(own_client.clone(), config).await?;
     let (workflows, workflows_writer) = reflector::store();
     let ctx = Arc::new(Context::new(client.clone(), membership.clone(), metrics.clone(), workflows, flags.task_events));
     let (addr, server) = baton::http::serve(flags.metrics_addr, ctx.clone()).await?;
@@ -122,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     if let (Some(addr), Some(dir)) = (flags.webhook_addr, flags.webhook_cert_dir.as_deref()) {
-        let webhook = Webhook { client: client.clone(), metrics: metrics.clone(), identity: identity.clone() };
+        let webhook = Webhook { client: own_client.clone(), metrics: metrics.clone(), identity: identity.clone() };
         let (addr, server) = baton::webhook::serve(addr, dir, webhook)?;
         info!(controller = %identity, %addr, "serving the admission webhook on https://{addr}{}", baton::webhook::PATH);
         tokio::spawn(server);

@@ -79,6 +79,7 @@ impl Sim {
                 Action::DeletePod { name } => self.observed.pods.retain(|p| &p.name != name),
                 Action::CreateChild { task, attempt } => self.observed.children.push(ObservedChild {
                     uid: format!("uid-{task}-{attempt}"),
+                    resource_version: String::new(),
                     name: naming::child("r", &naming::object_part(task), *attempt),
                     task: task.clone(),
                     phase: None,
