@@ -169,11 +169,8 @@ fn baton_workflow(diamond: bool) -> Value {
         }
         t
     };
-    let tasks = if diamond {
-        vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])]
-    } else {
-        vec![task("main", &[])]
-    };
+    let tasks =
+        if diamond { vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])] } else { vec![task("main", &[])] };
     json!({
         "apiVersion": "baton.dev/v1alpha1", "kind": "Workflow",
         "metadata": {"name": "bench"},
@@ -289,12 +286,8 @@ impl Proc {
     fn spawn(name: &str, mut cmd: Command) -> Proc {
         let log = support::state_dir().join(format!("logs/{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let child =
+            cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         Proc { name: name.into(), child, log }
     }
 
@@ -769,7 +762,12 @@ impl Bench {
                 break true;
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
-                say!("{} / {}: {:.0} s, {created}/{n} created, {done}/{n} finished", engine.key(), workload.key(), start.elapsed().as_secs_f64());
+                say!(
+                    "{} / {}: {:.0} s, {created}/{n} created, {done}/{n} finished",
+                    engine.key(),
+                    workload.key(),
+                    start.elapsed().as_secs_f64()
+                );
                 last_report = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -782,7 +780,7 @@ impl Bench {
         let peak_rss_kib: Vec<u64> = pids.iter().filter_map(|p| peak_rss_kib(*p)).collect();
         watch.abort();
 
-        let t = shared.lock().unwrap();
+        let t = std::mem::take(&mut *shared.lock().unwrap());
         let first = t.created.values().min().copied().unwrap_or(start);
         let last = t.finished.values().map(|(at, _)| *at).max().unwrap_or(first);
         let mut latencies: Vec<Duration> =
@@ -804,7 +802,6 @@ impl Bench {
             peak_rss_kib,
             apiserver_cpu: api_cpu_before.zip(api_cpu_after).map(|(b, a)| a - b),
         };
-        drop(t);
         say!(
             "{} / {}: {}/{n} finished in {:.1} s ({:.0} runs/min), {:.1} writes and {:.1} reads per task",
             engine.key(),
@@ -831,9 +828,8 @@ impl Bench {
         let _ = namespaces.delete(ns, &DeleteParams::default()).await;
         let mut unstuck = false;
         loop {
-            match namespaces.get_opt(ns).await {
-                Ok(None) => break,
-                Ok(Some(_)) | Err(_) => {}
+            if let Ok(None) = namespaces.get_opt(ns).await {
+                break;
             }
             // Argo may leave finalizers on its Workflows that no one removes
             // once its controller has stopped.
@@ -874,7 +870,7 @@ fn thousands(v: f64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -989,8 +985,7 @@ fn breakdown(workload: Workload, outcomes: &[Outcome], argo: &str) -> String {
             .filter(|((verb, _), _)| WRITE_VERBS.contains(&verb.as_str()) || READ_VERBS.contains(&verb.as_str()))
             .collect();
         rows.sort_by(|a, b| b.1.total_cmp(a.1));
-        let parts: Vec<String> =
-            rows.iter().map(|((verb, res), v)| format!("{verb} {res} {:.2}", **v / o.tasks as f64)).collect();
+        let parts: Vec<String> = rows.iter().map(|((verb, res), v)| format!("{verb} {res} {:.2}", **v / o.tasks as f64)).collect();
         let _ = writeln!(s, "- {}: {}", o.engine.label(argo), parts.join(", "));
     }
     s.push_str("\n</details>\n\n");
