@@ -45,8 +45,13 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// When the benchmark started: progress lines are stamped with the time since.
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 macro_rules! say {
-    ($($arg:tt)*) => { eprintln!("[bench] {}", format_args!($($arg)*)) };
+    ($($arg:tt)*) => {
+        eprintln!("[bench {:>5.0}s] {}", STARTED.get_or_init(Instant::now).elapsed().as_secs_f64(), format_args!($($arg)*))
+    };
 }
 
 // ------------------------------------------------------------------ engines --
@@ -280,6 +285,8 @@ struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// How long it may take to exit after SIGTERM before it gets SIGKILL.
+    grace: Duration,
 }
 
 impl Proc {
@@ -288,7 +295,7 @@ impl Proc {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
         let child =
             cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Proc { name: name.into(), child, log }
+        Proc { name: name.into(), child, log, grace: Duration::from_secs(20) }
     }
 
     fn pid(&self) -> u32 {
@@ -313,17 +320,22 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
 
-    /// SIGTERM, up to 20 s for a clean exit, then SIGKILL.
-    fn stop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        let _ = kill(nix::unistd::Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return;
+/// SIGTERM to each, then SIGKILL to those still running after their grace.
+fn stop_all(procs: &mut [Proc]) {
+    use nix::sys::signal::{Signal, kill};
+    for p in procs.iter() {
+        let _ = kill(nix::unistd::Pid::from_raw(p.pid() as i32), Signal::SIGTERM);
+    }
+    let start = Instant::now();
+    for p in procs.iter_mut() {
+        while p.child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > p.grace {
+                say!("{} did not exit within {:?} of SIGTERM; killing it", p.name, p.grace);
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -590,7 +602,7 @@ impl Bench {
                 if engine == Engine::BatonQps {
                     cmd.args(["--kube-qps", EQUAL_QPS, "--kube-burst", EQUAL_BURST]);
                 }
-                procs.push(Proc::spawn(&format!("bench-{ns}-c{i}"), cmd));
+                procs.push(Proc::spawn(&format!("{ns}-c{i}"), cmd));
             }
             for p in &mut procs {
                 let line = p.wait_log("serving /metrics", Duration::from_secs(60)).await;
@@ -634,7 +646,10 @@ impl Bench {
             if engine == Engine::ArgoBest {
                 cmd.env("DEFAULT_REQUEUE_TIME", "1s");
             }
-            let mut p = Proc::spawn(&format!("bench-{ns}-argo"), cmd);
+            let mut p = Proc::spawn(&format!("{ns}-argo"), cmd);
+            // It does not exit on SIGTERM (a kubelet kills it after the
+            // grace period); its runs are done by then, so no need to wait.
+            p.grace = Duration::from_secs(2);
             // Logged once its informers have synced and it leads.
             p.wait_log("Starting workflow garbage collector controller", Duration::from_secs(120)).await;
             procs.push(p);
@@ -664,7 +679,11 @@ impl Bench {
                 Api::namespaced_with(self.client.clone(), &ns, &ar("baton.dev", "v1alpha1", "Workflow", "workflows"));
             wfs.create(&PostParams::default(), &wf).await.expect("create the baton Workflow");
         }
+        let starting = Instant::now();
         let mut procs = self.start_engine(engine, &ns).await;
+        if !procs.is_empty() {
+            say!("{} ready in {:.1} s (warm-up included)", engine.key(), starting.elapsed().as_secs_f64());
+        }
 
         let kind = match engine {
             Engine::Floor => pods(),
@@ -812,10 +831,12 @@ impl Bench {
             outcome.writes() / outcome.tasks as f64,
             outcome.reads() / outcome.tasks as f64
         );
-        for p in &mut procs {
-            p.stop();
-        }
+        let stopping = Instant::now();
+        stop_all(&mut procs);
         drop(procs);
+        if !pids.is_empty() {
+            say!("stopped the controllers in {:.1} s", stopping.elapsed().as_secs_f64());
+        }
         self.delete_namespace(&ns).await;
         outcome
     }
@@ -1037,7 +1058,7 @@ async fn main() {
         println!("benches/compare: skipped outside `cargo bench` (make bench-compare)");
         return;
     }
-    let total = Instant::now();
+    let total = *STARTED.get_or_init(Instant::now);
     let engines = parse_list("BENCH_ENGINES", &ENGINES, Engine::key);
     let all_workloads = [
         Workload::Single(env_or("BENCH_SINGLE", 500)),
