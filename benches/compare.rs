@@ -12,7 +12,7 @@
 //!
 //! Knobs (environment): BENCH_SINGLE (500), BENCH_DIAMONDS (100), BENCH_RATE
 //! (20 runs/s) and BENCH_STEADY_SECS (60), BENCH_ENGINES and BENCH_WORKLOADS
-//! (comma-separated keys, default all), BENCH_TIMEOUT_SECS (600, per pair),
+//! (comma-separated keys, default all), BENCH_TIMEOUT_SECS (400, per pair),
 //! BENCH_SETTLE_SECS (5), BENCH_WARMUP_SECS (3), BENCH_CREATE_CONCURRENCY (32),
 //! BENCH_OUT (target/bench-compare.md).
 
@@ -356,9 +356,10 @@ impl Drop for Proc {
 const WRITE_VERBS: [&str; 6] = ["POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"];
 const READ_VERBS: [&str; 2] = ["GET", "LIST"];
 
-/// `apiserver_request_total` summed by (verb, resource[/subresource][.group]);
-/// requests on no resource (/metrics, /healthz, discovery) are left out.
-type Requests = BTreeMap<(String, String), f64>;
+/// `apiserver_request_total` summed by (verb, resource[/subresource][.group],
+/// response code); requests on no resource (/metrics, /healthz, discovery)
+/// are left out.
+type Requests = BTreeMap<(String, String, String), f64>;
 
 fn parse_labels(s: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
@@ -408,7 +409,8 @@ async fn scrape(client: &Client) -> Requests {
             key = format!("{key}.{group}");
         }
         let verb = l.get("verb").cloned().unwrap_or_default();
-        *out.entry((verb, key)).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+        let code = l.get("code").cloned().unwrap_or_default();
+        *out.entry((verb, key, code)).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
     }
     out
 }
@@ -418,7 +420,7 @@ fn delta(before: &Requests, after: &Requests) -> Requests {
 }
 
 fn sum_verbs(d: &Requests, verbs: &[&str]) -> f64 {
-    d.iter().filter(|((verb, _), _)| verbs.contains(&verb.as_str())).map(|(_, v)| v).sum()
+    d.iter().filter(|((verb, _, _), _)| verbs.contains(&verb.as_str())).map(|(_, v)| v).sum()
 }
 
 // ----------------------------------------------------------------- tracking --
@@ -665,6 +667,7 @@ impl Bench {
         if engine == Engine::BatonQps && !self.baton_has_qps {
             return Outcome::skipped(engine, "n/a (flag missing)");
         }
+        quiesce().await;
         let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 100_000;
         let ns = format!("bench-{}-{}-{suffix}", engine.key(), workload.key());
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
@@ -871,6 +874,30 @@ impl Bench {
     }
 }
 
+/// Waits until the API server is nearly idle (under 0.2 CPU-seconds in a
+/// second; about 0.03 when nothing happens), for at most 60 s: what the
+/// garbage collector still does after a namespace is gone, or the OpenAPI
+/// rebuild after CRDs are installed, should not load the next pair.
+async fn quiesce() {
+    let Some(pid) = apiserver_pid() else { return };
+    let start = Instant::now();
+    loop {
+        let Some(before) = cpu_seconds(pid) else { return };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(after) = cpu_seconds(pid) else { return };
+        if after - before < 0.2 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            say!("the API server is still busy ({:.1} CPU-s/s) after 60 s; going on", after - before);
+            break;
+        }
+    }
+    if start.elapsed() > Duration::from_secs(2) {
+        say!("waited {:.0} s for the API server to go quiet", start.elapsed().as_secs_f64());
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
@@ -998,16 +1025,32 @@ fn table(workload: Workload, outcomes: &[Outcome], argo: &str) -> String {
 /// Per pair, the API server requests by verb and resource, per task.
 fn breakdown(workload: Workload, outcomes: &[Outcome], argo: &str) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "<details><summary>{}: API requests per task by verb and resource</summary>\n", workload.title());
+    let _ = writeln!(
+        s,
+        "<details><summary>{}: API requests per task by verb and resource (all response codes; the errors among them last)</summary>\n",
+        workload.title()
+    );
     for o in outcomes.iter().filter(|o| o.skipped.is_none() && o.tasks > 0) {
-        let mut rows: Vec<(&(String, String), &f64)> = o
-            .requests
-            .iter()
-            .filter(|((verb, _), _)| WRITE_VERBS.contains(&verb.as_str()) || READ_VERBS.contains(&verb.as_str()))
-            .collect();
-        rows.sort_by(|a, b| b.1.total_cmp(a.1));
-        let parts: Vec<String> = rows.iter().map(|((verb, res), v)| format!("{verb} {res} {:.2}", **v / o.tasks as f64)).collect();
-        let _ = writeln!(s, "- {}: {}", o.engine.label(argo), parts.join(", "));
+        let counted = |verb: &str| WRITE_VERBS.contains(&verb) || READ_VERBS.contains(&verb);
+        let mut by_resource: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+        let mut refused: BTreeMap<(&str, &str, &str), f64> = BTreeMap::new();
+        for ((verb, res, code), v) in o.requests.iter().filter(|((verb, _, _), _)| counted(verb)) {
+            *by_resource.entry((verb, res)).or_default() += v;
+            if !code.starts_with('2') {
+                *refused.entry((verb, res, code)).or_default() += v;
+            }
+        }
+        let per_task = |v: f64| v / o.tasks as f64;
+        let mut rows: Vec<_> = by_resource.into_iter().collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let parts: Vec<String> = rows.iter().map(|((verb, res), v)| format!("{verb} {res} {:.2}", per_task(*v))).collect();
+        let _ = write!(s, "- {}: {}", o.engine.label(argo), parts.join(", "));
+        if !refused.is_empty() {
+            let parts: Vec<String> =
+                refused.iter().map(|((verb, res, code), v)| format!("{verb} {res} {code}: {:.2}", per_task(*v))).collect();
+            let _ = write!(s, "; of these answered with an error: {}", parts.join(", "));
+        }
+        s.push('\n');
     }
     s.push_str("\n</details>\n\n");
     s
@@ -1086,12 +1129,17 @@ async fn main() {
         argo_bin,
         argo_version: argo_version.clone(),
         baton_has_qps,
-        timeout: Duration::from_secs(env_or("BENCH_TIMEOUT_SECS", 600)),
+        timeout: Duration::from_secs(env_or("BENCH_TIMEOUT_SECS", 400)),
         settle: Duration::from_secs_f64(env_or("BENCH_SETTLE_SECS", 5.0)),
         warmup: Duration::from_secs_f64(env_or("BENCH_WARMUP_SECS", 3.0)),
         concurrency: env_or("BENCH_CREATE_CONCURRENCY", 32),
     };
     let machine = machine();
+
+    // A round of bare pods that is not reported: the scheduler's, kwok's and
+    // the API server's first pods should not count against the floor.
+    say!("warm-up: 20 bare pods (not reported)");
+    bench.measure(Engine::Floor, Workload::Single(20)).await;
 
     let mut results: Vec<(Workload, Vec<Outcome>)> = vec![];
     for &w in &workloads {
@@ -1113,7 +1161,7 @@ async fn main() {
     );
     let _ = writeln!(
         md,
-        "- every task is a kwok pod that runs for 1 s (`baton.dev/sim-duration: 1s`) with command `sh -c 'exit 0'`; engines run one after another, each in a fresh namespace that is deleted (and waited for) before the next"
+        "- every task is a kwok pod that runs for 1 s (`baton.dev/sim-duration: 1s`) with command `sh -c 'exit 0'`; engines run one after another (after a warm-up round of 20 bare pods), each in a fresh namespace that is deleted (and waited for) before the next, once the API server is nearly idle"
     );
     let _ = writeln!(
         md,
