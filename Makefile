@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # end-to-end tests configure them); `make build` and the benchmarks do not.
 TEST_FEATURES := --features failpoints
 
-.PHONY: all build crds test bench bench-runs bench-scale bench-webhook demo demo-down cluster-up cluster-down helm chart chaos clean
+.PHONY: all build crds test bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
 
 all: build
 
@@ -74,6 +74,18 @@ bench-scale: cluster-up
 ## the local control plane (BENCH_PODS=n creates of each, default 300).
 bench-webhook: cluster-up
 	$(CARGO) bench --bench webhook
+
+## Bare pods (the floor), baton and Argo Workflows side by side on the local
+## control plane: 500 single-task runs, 100 diamonds, 20 runs/s for 60 s
+## (e2e/README.md: BENCH_SINGLE, BENCH_DIAMONDS, BENCH_RATE,
+## BENCH_STEADY_SECS, BENCH_ENGINES, BENCH_WORKLOADS). Prints one table per
+## workload and writes target/bench-compare.md.
+bench-compare: cluster-up argo
+	$(CARGO) bench --bench compare
+
+## The pinned Argo workflow-controller (e2e/harness/argo/go.mod), built once into the e2e cache.
+argo:
+	e2e/argo build >/dev/null
 
 clean:
 	$(CARGO) clean
