@@ -70,6 +70,10 @@ enum Engine {
 const ENGINES: [Engine; 7] =
     [Engine::Floor, Engine::Baton1, Engine::Baton3, Engine::ArgoDefault, Engine::ArgoQps, Engine::ArgoBest, Engine::BatonQps];
 
+/// Label of the benchmark's namespaces; any left by an interrupted run are
+/// deleted at start.
+const NS_LABEL: &str = "bench.baton.dev/compare";
+
 /// The client-side limits of the "equal API budget" rows.
 const EQUAL_QPS: &str = "50";
 const EQUAL_BURST: &str = "60";
@@ -672,9 +676,19 @@ impl Bench {
         let ns = format!("bench-{}-{}-{suffix}", engine.key(), workload.key());
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         namespaces
-            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns, "labels": {NS_LABEL: "true"}}})).unwrap(),
+            )
             .await
             .expect("create namespace");
+        // The namespace's default ServiceAccount, which kube-controller-manager
+        // creates, should not fall in the measured window.
+        let sas: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &ar("", "v1", "ServiceAccount", "serviceaccounts"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(sas.get_opt("default").await, Ok(Some(_))) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let diamond = matches!(workload, Workload::Diamonds(_));
         if engine.is_baton() {
             let wf: DynamicObject = serde_json::from_value(baton_workflow(diamond)).unwrap();
@@ -1101,6 +1115,21 @@ async fn main() {
         println!("benches/compare: skipped outside `cargo bench` (make bench-compare)");
         return;
     }
+    // On SIGINT or SIGTERM the benchmark is dropped, and with it the
+    // controllers it started (Proc kills them), so none is left running.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let interrupted = tokio::select! {
+        () = run() => false,
+        _ = term.recv() => true,
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    if interrupted {
+        say!("interrupted: stopped the controllers; its namespace is deleted at the next start");
+        std::process::exit(130);
+    }
+}
+
+async fn run() {
     let total = *STARTED.get_or_init(Instant::now);
     let engines = parse_list("BENCH_ENGINES", &ENGINES, Engine::key);
     let all_workloads = [
@@ -1135,6 +1164,11 @@ async fn main() {
         concurrency: env_or("BENCH_CREATE_CONCURRENCY", 32),
     };
     let machine = machine();
+    let namespaces: Api<Namespace> = Api::all(bench.client.clone());
+    for ns in namespaces.list(&kube::api::ListParams::default().labels(NS_LABEL)).await.expect("list namespaces").items {
+        say!("deleting namespace {} left by an earlier run", ns.name_any());
+        bench.delete_namespace(&ns.name_any()).await;
+    }
 
     // A round of bare pods that is not reported: the scheduler's, kwok's and
     // the API server's first pods should not count against the floor.
