@@ -61,14 +61,25 @@ enum Engine {
     Floor,
     Baton1,
     Baton3,
+    /// baton without its admission webhook: what the API-server-side fence
+    /// (one webhook call and one read of the run per pod create) costs.
+    BatonNoWebhook,
     ArgoDefault,
     ArgoQps,
     ArgoBest,
     BatonQps,
 }
 
-const ENGINES: [Engine; 7] =
-    [Engine::Floor, Engine::Baton1, Engine::Baton3, Engine::ArgoDefault, Engine::ArgoQps, Engine::ArgoBest, Engine::BatonQps];
+const ENGINES: [Engine; 8] = [
+    Engine::Floor,
+    Engine::Baton1,
+    Engine::Baton3,
+    Engine::BatonNoWebhook,
+    Engine::ArgoDefault,
+    Engine::ArgoQps,
+    Engine::ArgoBest,
+    Engine::BatonQps,
+];
 
 /// Label of the benchmark's namespaces; any left by an interrupted run are
 /// deleted at start.
@@ -84,6 +95,7 @@ impl Engine {
             Engine::Floor => "floor",
             Engine::Baton1 => "baton",
             Engine::Baton3 => "baton3",
+            Engine::BatonNoWebhook => "baton-nowebhook",
             Engine::ArgoDefault => "argo",
             Engine::ArgoQps => "argo-qps",
             Engine::ArgoBest => "argo-best",
@@ -96,6 +108,7 @@ impl Engine {
             Engine::Floor => "bare pods, no engine (the floor)".into(),
             Engine::Baton1 => "baton, 1 controller".into(),
             Engine::Baton3 => "baton, 3 controllers".into(),
+            Engine::BatonNoWebhook => "baton, 1 controller, admission webhook off".into(),
             Engine::ArgoDefault => format!("Argo Workflows {argo}, defaults (QPS 20 / burst 30)"),
             Engine::ArgoQps => format!("Argo Workflows {argo}, QPS {EQUAL_QPS} / burst {EQUAL_BURST}"),
             Engine::ArgoBest => format!("Argo {argo}, QPS {EQUAL_QPS} / burst {EQUAL_BURST}, `DEFAULT_REQUEUE_TIME=1s` (its best tuning)"),
@@ -108,8 +121,14 @@ impl Engine {
     }
 
     fn is_baton(self) -> bool {
-        matches!(self, Engine::Baton1 | Engine::Baton3 | Engine::BatonQps)
+        matches!(self, Engine::Baton1 | Engine::Baton3 | Engine::BatonNoWebhook | Engine::BatonQps)
     }
+}
+
+/// The labels of an engine's namespace: the e2e cluster's webhook skips
+/// namespaces labelled `e2e.baton.dev/webhook` (e2e/cluster, register_webhook).
+fn namespace_labels(engine: Engine) -> Value {
+    if engine == Engine::BatonNoWebhook { json!({NS_LABEL: "true", "e2e.baton.dev/webhook": "off"}) } else { json!({NS_LABEL: "true"}) }
 }
 
 // ---------------------------------------------------------------- workloads --
@@ -678,7 +697,7 @@ impl Bench {
         namespaces
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns, "labels": {NS_LABEL: "true"}}})).unwrap(),
+                &serde_json::from_value(json!({"metadata": {"name": ns, "labels": namespace_labels(engine)}})).unwrap(),
             )
             .await
             .expect("create namespace");
