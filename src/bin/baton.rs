@@ -3,7 +3,11 @@
 
 use std::process::ExitCode;
 
+use baton::api::{RunPhase, Shutdown, WorkflowInstance};
+use baton::view::{self, Style};
 use clap::{Parser, Subcommand};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 
 #[derive(Parser)]
 #[command(name = "baton", version, about = "Work with baton workflows and runs")]
@@ -49,6 +53,66 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// List runs, newest first: phase, progress, owner, age, duration.
+    #[command(alias = "ls")]
+    List {
+        /// Runs of every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Output format: wide (adds epoch, start, message), json or yaml.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<ListOutput>,
+    },
+    /// Show a run: its tasks as a tree in topological order (phase,
+    /// attempts, duration, pod or child run, exit code, result or message),
+    /// then its owner and owner history.
+    Get {
+        run: String,
+        /// Print the run object instead, as json or yaml.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<ObjectOutput>,
+    },
+    /// Show a run as `get` does and keep it current until the run ends (on a
+    /// terminal, redrawn in place; otherwise a line per change). Exits 0 if
+    /// the run Succeeded, 1 if it ended otherwise.
+    Watch { run: String },
+    /// Print the logs of a run's task pods (every task's latest attempt, each
+    /// line prefixed with its task, or one TASK's).
+    Logs {
+        run: String,
+        /// A task, or one instance of a fanned-out task (`TASK(INDEX)`).
+        task: Option<String>,
+        /// Keep streaming while the pods run.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Attempt to show, 0 for the first (default: the latest).
+        #[arg(long)]
+        attempt: Option<i32>,
+    },
+    /// Pause a run: no new task starts; running ones finish (spec.suspend=true).
+    Pause { run: String },
+    /// Resume a paused run (spec.suspend=false).
+    Resume { run: String },
+    /// Stop a run: running task pods are deleted, exit tasks run (spec.shutdown=Stop).
+    Stop { run: String },
+    /// Stop a run without running its exit tasks (spec.shutdown=Terminate).
+    Terminate { run: String },
+    /// Re-run the failed and stopped tasks of a finished run (spec.retryFailed
+    /// plus one; a Stop or Terminate request is cleared with it).
+    Retry { run: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ListOutput {
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ObjectOutput {
+    Json,
+    Yaml,
 }
 
 /// A failure of a command: printed on one line, with what to do.
@@ -60,7 +124,69 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-async fn client(cli: &Cli) -> Result<(kube::Client, String), Failure> {
+/// The connection a command works through, and what its errors name.
+struct Session {
+    client: kube::Client,
+    namespace: String,
+    server: String,
+}
+
+impl Session {
+    fn runs(&self) -> Api<WorkflowInstance> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// A one-line failure for an API error, saying what to do.
+    fn failure(&self, e: kube::Error) -> Failure {
+        match e {
+            kube::Error::Api(s) if s.code == 403 => {
+                Failure(format!("{}: ask a cluster administrator for that permission (RBAC)", s.message))
+            }
+            kube::Error::Api(s) if s.code == 401 => Failure(format!(
+                "the API server at {} refused the credentials ({}); check the user of your kubeconfig context",
+                self.server, s.message
+            )),
+            kube::Error::Api(s) if s.code == 404 && s.message.contains("the server could not find the requested resource") => {
+                Failure(format!(
+                    "the API server at {} has no WorkflowInstance resource: install baton's CRDs (kubectl apply -f crds/)",
+                    self.server
+                ))
+            }
+            kube::Error::Api(s) => Failure(format!("the API server refused: {} ({})", s.message, s.code)),
+            other => Failure(format!(
+                "cannot reach the API server at {}: {}; check that the cluster is up and that --kubeconfig/--context point at it",
+                self.server,
+                chain(&other)
+            )),
+        }
+    }
+
+    /// The run, or a failure naming it when it does not exist.
+    async fn run(&self, name: &str) -> Result<WorkflowInstance, Failure> {
+        self.runs().get_opt(name).await.map_err(|e| self.failure(e))?.ok_or_else(|| {
+            Failure(format!(
+                "run {name:?} not found in namespace {}; check the name or pass -n (baton list -A shows every run)",
+                self.namespace
+            ))
+        })
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
+async fn session(cli: &Cli) -> Result<Session, Failure> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let options = KubeConfigOptions { context: cli.context.clone(), ..Default::default() };
     let config = match &cli.kubeconfig {
@@ -72,13 +198,15 @@ async fn client(cli: &Cli) -> Result<(kube::Client, String), Failure> {
     }
     .map_err(|e| Failure(format!("no usable kubeconfig ({e}); set KUBECONFIG or pass --kubeconfig")))?;
     let namespace = cli.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
-    Ok((kube::Client::try_from(config)?, namespace))
+    let server = config.cluster_url.to_string();
+    Ok(Session { client: kube::Client::try_from(config)?, namespace, server })
 }
 
 async fn submit(cli: &Cli, workflow: &str, params: &[String], name: Option<&str>, wait: bool) -> Result<ExitCode, Failure> {
-    use baton::api::{Workflow, WorkflowInstance, WorkflowInstanceSpec, WorkflowRef};
-    use kube::api::{Api, PostParams};
-    let (client, ns) = client(cli).await?;
+    use baton::api::{Workflow, WorkflowInstanceSpec, WorkflowRef};
+    use kube::api::PostParams;
+    let session = session(cli).await?;
+    let (client, ns) = (session.client.clone(), session.namespace.clone());
     let mut values = std::collections::BTreeMap::new();
     for p in params {
         let (k, v) = p.split_once('=').ok_or_else(|| Failure(format!("parameter {p:?} is not NAME=VALUE")))?;
@@ -87,7 +215,8 @@ async fn submit(cli: &Cli, workflow: &str, params: &[String], name: Option<&str>
     let workflows: Api<Workflow> = Api::namespaced(client.clone(), &ns);
     let wf = workflows
         .get_opt(workflow)
-        .await?
+        .await
+        .map_err(|e| session.failure(e))?
         .ok_or_else(|| Failure(format!("workflow {workflow:?} not found in namespace {ns}; check the name or pass -n")))?;
     if let Err(problems) = baton::dag::resolve_params(&wf.spec, &values) {
         return Err(Failure(format!("{}; fix the -p values", baton::dag::summarize(&problems))));
@@ -104,7 +233,7 @@ async fn submit(cli: &Cli, workflow: &str, params: &[String], name: Option<&str>
     let created = match runs.create(&PostParams::default(), &run).await {
         Ok(r) => r,
         Err(kube::Error::Api(s)) if s.code == 409 && name.is_some() => {
-            let existing = runs.get(name.unwrap_or_default()).await?;
+            let existing = runs.get(name.unwrap_or_default()).await.map_err(|e| session.failure(e))?;
             if existing.spec.workflow_ref.name != workflow {
                 return Err(Failure(format!(
                     "run {} already exists and runs workflow {}; choose another --name",
@@ -114,7 +243,7 @@ async fn submit(cli: &Cli, workflow: &str, params: &[String], name: Option<&str>
             }
             existing
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(session.failure(e)),
     };
     let run_name = created.metadata.name.clone().unwrap_or_default();
     println!("{run_name}");
@@ -126,6 +255,295 @@ async fn submit(cli: &Cli, workflow: &str, params: &[String], name: Option<&str>
     let phase = done.and_then(|r| r.status?.phase).map_or("Unknown", |p| p.as_str());
     eprintln!("run {run_name} ended {phase}");
     Ok(if phase == "Succeeded" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set.
+fn style() -> Style {
+    use std::io::IsTerminal;
+    Style { color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
+}
+
+fn print_object<T: serde::Serialize>(value: &T, yaml: bool) -> Result<(), Failure> {
+    if yaml {
+        print!("{}", serde_yaml::to_string(value)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    }
+    Ok(())
+}
+
+async fn list(cli: &Cli, all_namespaces: bool, output: Option<ListOutput>) -> Result<ExitCode, Failure> {
+    let session = session(cli).await?;
+    let api: Api<WorkflowInstance> = if all_namespaces { Api::all(session.client.clone()) } else { session.runs() };
+    let runs = api.list(&Default::default()).await.map_err(|e| session.failure(e))?.items;
+    match output {
+        Some(ListOutput::Json | ListOutput::Yaml) => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": runs});
+            print_object(&list, matches!(output, Some(ListOutput::Yaml)))?;
+        }
+        _ if runs.is_empty() => {
+            let scope = if all_namespaces { "any namespace".to_string() } else { format!("namespace {}", session.namespace) };
+            eprintln!("No runs found in {scope}.");
+        }
+        _ => print!("{}", view::list(&runs, all_namespaces, matches!(output, Some(ListOutput::Wide)), Timestamp::now(), style())),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get(cli: &Cli, name: &str, output: Option<ObjectOutput>) -> Result<ExitCode, Failure> {
+    let session = session(cli).await?;
+    let run = session.run(name).await?;
+    match output {
+        Some(o) => print_object(&run, matches!(o, ObjectOutput::Yaml))?,
+        None => print!("{}", view::run(&run, Timestamp::now(), style())),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code of a command that followed a run to its end.
+fn ended(run: &WorkflowInstance) -> ExitCode {
+    let phase = run.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+    eprintln!("run {} ended {}", run.metadata.name.as_deref().unwrap_or_default(), phase.as_str());
+    if phase == RunPhase::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+async fn watch(cli: &Cli, name: &str) -> Result<ExitCode, Failure> {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    use std::io::{IsTerminal, Write};
+    let session = session(cli).await?;
+    let first = session.run(name).await?;
+    let terminal = std::io::stdout().is_terminal();
+    let style = style();
+    let mut last: Option<WorkflowInstance> = None;
+    let show = |run: &WorkflowInstance, last: &mut Option<WorkflowInstance>| {
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            let _ = write!(out, "\x1b[H\x1b[2J{}", view::run(run, Timestamp::now(), style));
+        } else {
+            let stamp = Timestamp::now().strftime("%H:%M:%S");
+            for line in view::changes(last.as_ref(), run) {
+                let _ = writeln!(out, "{stamp} {line}");
+            }
+        }
+        let _ = out.flush();
+        *last = Some(run.clone());
+    };
+    let done = |run: &WorkflowInstance| run.status.as_ref().and_then(|s| s.phase).is_some_and(RunPhase::is_terminal);
+    show(&first, &mut last);
+    if done(&first) {
+        return Ok(ended(&first));
+    }
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(session.runs(), config).boxed();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(watcher::Event::Apply(run) | watcher::Event::InitApply(run))) => {
+                    if run.metadata.uid != first.metadata.uid {
+                        return Err(Failure(format!("run {name} was deleted and created again; run baton watch again for the new one")));
+                    }
+                    show(&run, &mut last);
+                    if done(&run) {
+                        return Ok(ended(&run));
+                    }
+                }
+                Some(Ok(watcher::Event::Delete(_))) => return Err(Failure(format!("run {name} was deleted while being watched"))),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => eprintln!("watch of run {name} interrupted ({e}); resuming"),
+                None => return Err(Failure(format!("the watch of run {name} ended; run baton watch again"))),
+            },
+            _ = tick.tick(), if terminal => {
+                if let Some(run) = last.clone() {
+                    show(&run, &mut last);
+                }
+            }
+        }
+    }
+}
+
+/// The pods `baton logs` reads: (what prefixes their lines, pod name).
+fn log_targets(run: &WorkflowInstance, task: Option<&str>, attempt: Option<i32>) -> Result<Vec<(String, String)>, Failure> {
+    let name = run.metadata.name.as_deref().unwrap_or_default();
+    let rows = view::rows(run);
+    let picked: Vec<&view::Row> = match task {
+        Some(t) => rows.iter().filter(|r| r.key == t || baton::naming::task_of(&r.key) == t).collect(),
+        None => rows.iter().collect(),
+    };
+    if let Some(t) = task
+        && picked.is_empty()
+    {
+        let names: Vec<&str> = rows.iter().map(|r| r.key.as_str()).filter(|k| baton::naming::parse_instance_key(k).is_none()).collect();
+        return Err(Failure(format!("run {name} has no task {t:?}; its tasks are: {}", names.join(", "))));
+    }
+    let mut targets = vec![];
+    for row in &picked {
+        let Some(entry) = row.entry else { continue };
+        if let Some(child) = &entry.child_instance {
+            if task.is_some() {
+                return Err(Failure(format!("task {} runs child run {child}, not a pod; see baton logs {child}", entry.name)));
+            }
+            continue;
+        }
+        if entry.attempts == 0 {
+            continue;
+        }
+        if let Some(a) = attempt
+            && (a < 0 || a >= entry.attempts)
+        {
+            return Err(Failure(format!("task {} has attempts 0 to {}; pick one of them with --attempt", entry.name, entry.attempts - 1)));
+        }
+        targets.push((entry.name.clone(), view::pod_of(name, entry, attempt)));
+    }
+    if targets.is_empty() {
+        return Err(Failure(match task {
+            Some(t) => format!("task {t} of run {name} has not started a pod yet; baton watch {name} shows when it does"),
+            None => format!("run {name} has not started a task pod yet; baton watch {name} shows when it does"),
+        }));
+    }
+    Ok(targets)
+}
+
+async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: Option<i32>) -> Result<ExitCode, Failure> {
+    use futures::{AsyncBufReadExt, StreamExt};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::LogParams;
+    let session = session(cli).await?;
+    let run = session.run(name).await?;
+    let uid = run.metadata.uid.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
+    let targets = log_targets(&run, task, attempt)?;
+    let prefix = targets.len() > 1;
+    let mut readable = vec![];
+    for (key, pod) in targets {
+        match pods.get_opt(&pod).await.map_err(|e| session.failure(e))? {
+            Some(p) if baton::objects::controlled_by(&p.metadata, &uid) => readable.push((key, pod)),
+            Some(_) => {
+                return Err(Failure(format!(
+                    "pod {pod} is not run {name}'s (its controller is another object); baton reads no logs of it"
+                )));
+            }
+            None if task.is_some() => {
+                return Err(Failure(format!(
+                    "pod {pod} of task {key} is gone (deleted by podGC or by hand); baton get {name} shows its exit code and message"
+                )));
+            }
+            None => eprintln!("{key}: pod {pod} is gone (deleted by podGC or by hand)"),
+        }
+    }
+    let params = LogParams { follow, ..Default::default() };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, Failure>>();
+    for (key, pod) in readable {
+        let (pods, tx, params) = (pods.clone(), tx.clone(), params.clone());
+        let label = if prefix { format!("{key}: ") } else { String::new() };
+        let refused = |e: kube::Error| match e {
+            kube::Error::Api(s) if s.code == 400 => Failure(format!("{key}: {}", s.message)),
+            kube::Error::Api(s) if s.code >= 500 => Failure(format!(
+                "{key}: the API server could not fetch the log of pod {pod} from its node ({}); check that the node is up",
+                s.message
+            )),
+            e => session.failure(e),
+        };
+        let stream = pods.log_stream(&pod, &params).await.map_err(refused);
+        tokio::spawn(async move {
+            let mut lines = match stream {
+                Ok(s) => s.lines(),
+                Err(f) => return drop(tx.send(Err(f))),
+            };
+            while let Some(line) = lines.next().await {
+                match line {
+                    Ok(l) => drop(tx.send(Ok(format!("{label}{l}")))),
+                    Err(e) => return drop(tx.send(Err(Failure(format!("{key}: the log stream broke ({e}); run baton logs again"))))),
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut failed = None;
+    while let Some(line) = rx.recv().await {
+        match line {
+            Ok(l) => println!("{l}"),
+            Err(f) => failed = Some(f),
+        }
+    }
+    failed.map_or(Ok(ExitCode::SUCCESS), Err)
+}
+
+/// A request on a run: a merge patch of its spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Pause,
+    Resume,
+    Stop,
+    Terminate,
+    Retry,
+}
+
+async fn request(cli: &Cli, name: &str, what: Request) -> Result<ExitCode, Failure> {
+    use kube::api::{Patch, PatchParams};
+    let session = session(cli).await?;
+    let runs = session.runs();
+    loop {
+        let run = session.run(name).await?;
+        let phase = run.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+        let spec = &run.spec;
+        let verb = format!("{what:?}").to_lowercase();
+        if what != Request::Retry && phase.is_terminal() {
+            return Err(Failure(format!(
+                "run {name} already ended {}; nothing to {verb} (baton retry re-runs its failed tasks)",
+                phase.as_str()
+            )));
+        }
+        let (patch, asked) = match what {
+            Request::Pause | Request::Resume => {
+                let suspend = what == Request::Pause;
+                if spec.suspend == suspend {
+                    println!("run {name} already has spec.suspend={suspend}; nothing to change");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                (serde_json::json!({"spec": {"suspend": suspend}}), format!("spec.suspend={suspend}"))
+            }
+            Request::Stop | Request::Terminate => {
+                let value = if what == Request::Stop { Shutdown::Stop } else { Shutdown::Terminate };
+                if spec.shutdown == value {
+                    println!("run {name} already has spec.shutdown={value:?}; the owner is ending it");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                (serde_json::json!({"spec": {"shutdown": value}}), format!("spec.shutdown={value:?}"))
+            }
+            Request::Retry => {
+                if !phase.is_terminal() {
+                    return Err(Failure(format!(
+                        "run {name} is still {}; retry re-runs the failed tasks of a finished run, wait for it to end",
+                        phase.as_str()
+                    )));
+                }
+                if phase == RunPhase::Succeeded {
+                    return Err(Failure(format!("run {name} Succeeded; it has no failed or stopped task to retry")));
+                }
+                let next = spec.retry_failed + 1;
+                // The resourceVersion makes two retries at once count twice,
+                // never once.
+                let rv = run.metadata.resource_version.clone();
+                let mut patch = serde_json::json!({"metadata": {"resourceVersion": rv}, "spec": {"retryFailed": next}});
+                let mut asked = format!("spec.retryFailed={next}");
+                if spec.shutdown.requested() {
+                    patch["spec"]["shutdown"] = serde_json::json!("");
+                    asked.push_str(", spec.shutdown cleared");
+                }
+                (patch, asked)
+            }
+        };
+        match runs.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                println!("requested {verb} of run {}/{name}: {asked}", session.namespace);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(session.failure(e)),
+        }
+    }
 }
 
 fn read(path: &str) -> std::io::Result<String> {
@@ -164,6 +582,15 @@ async fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate { files } => Ok(validate(files)),
         Command::Submit { workflow, params, name, generate_name: _, wait } => submit(&cli, workflow, params, name.as_deref(), *wait).await,
+        Command::List { all_namespaces, output } => list(&cli, *all_namespaces, *output).await,
+        Command::Get { run, output } => get(&cli, run, *output).await,
+        Command::Watch { run } => watch(&cli, run).await,
+        Command::Logs { run, task, follow, attempt } => logs(&cli, run, task.as_deref(), *follow, *attempt).await,
+        Command::Pause { run } => request(&cli, run, Request::Pause).await,
+        Command::Resume { run } => request(&cli, run, Request::Resume).await,
+        Command::Stop { run } => request(&cli, run, Request::Stop).await,
+        Command::Terminate { run } => request(&cli, run, Request::Terminate).await,
+        Command::Retry { run } => request(&cli, run, Request::Retry).await,
     };
     result.unwrap_or_else(|Failure(message)| {
         eprintln!("error: {message}");

@@ -1,0 +1,199 @@
+//! The `baton` command line against the local control plane, as a user
+//! types it: list, get, watch, logs, the requests, and every error path.
+
+use std::process::{Command, Output};
+
+use baton::api::{RunPhase, Shutdown, WorkflowInstance};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
+
+use crate::runs::{diamond, run, task, wait_phase, workflow};
+use crate::support::{TestNs, kubeconfig};
+
+/// `baton ARGS` in the test's namespace, with the cluster's kubeconfig.
+fn baton(ns: &TestNs, args: &[&str]) -> Output {
+    baton_with(kubeconfig(), ns, args)
+}
+
+fn baton_with(kubeconfig: &std::path::Path, ns: &TestNs, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .env("NO_COLOR", "1")
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", &ns.name])
+        .args(args)
+        .output()
+        .expect("run baton")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts that the command succeeded, and returns its output.
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "exit {:?}: {}{}", o.status.code(), stdout(&o), String::from_utf8_lossy(&o.stderr));
+    stdout(&o)
+}
+
+/// Asserts that the command failed with exit code 1 and one line on stderr
+/// that contains every needle; returns that line.
+fn refused(o: Output, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "stdout: {} stderr: {err}", stdout(&o));
+    assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "one line: {err:?}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in {err:?}");
+    }
+    err
+}
+
+#[tokio::test]
+async fn watch_follows_a_diamond_to_its_end_and_list_and_get_show_it() {
+    let ns = TestNs::new("cli-watch").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&diamond("dia", "1s"));
+    ns.apply(&run("dia-1", "dia", ""));
+    // Not a terminal: a line per change, ending when the run ends.
+    let watched = ok(baton(&ns, &["watch", "dia-1"]));
+    let lines: Vec<&str> = watched.lines().map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest)).collect();
+    let pos = |needle: &str| lines.iter().position(|l| l.starts_with(needle)).unwrap_or_else(|| panic!("{needle:?} missing:\n{watched}"));
+    assert!(pos("task a Running") < pos("task a Succeeded") && pos("task a Succeeded") < pos("task d Running"), "{watched}");
+    assert!(pos("task d Succeeded (exit 0)") < pos("run Succeeded"), "{watched}");
+    assert!(lines.contains(&"owner alpha (epoch 1, Created)"), "{watched}");
+    assert_eq!(*lines.last().unwrap(), "run Succeeded: all 4 tasks succeeded", "{watched}");
+    // Watching a run that has ended prints it and returns at once.
+    ok(baton(&ns, &["watch", "dia-1"]));
+
+    let listed = ok(baton(&ns, &["list"]));
+    let row: Vec<&str> = listed.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..5], ["dia-1", "dia", "Succeeded", "4/4", "alpha"], "{listed}");
+    let all = ok(baton(&ns, &["list", "-A", "-o", "wide"]));
+    assert!(all.starts_with("NAMESPACE") && all.lines().any(|l| l.starts_with(&ns.name) && l.contains("dia-1")), "{all}");
+    let json: serde_json::Value = serde_json::from_str(&ok(baton(&ns, &["list", "-o", "json"]))).unwrap();
+    assert_eq!((json["kind"].as_str(), json["items"][0]["metadata"]["name"].as_str()), (Some("List"), Some("dia-1")));
+    let yaml: WorkflowInstance = serde_yaml::from_str(&ok(baton(&ns, &["get", "dia-1", "-o", "yaml"]))).unwrap();
+    assert_eq!(yaml.status.unwrap().phase, Some(RunPhase::Succeeded));
+
+    let got = ok(baton(&ns, &["get", "dia-1"]));
+    let at = |needle: &str| got.find(needle).unwrap_or_else(|| panic!("{needle:?} missing:\n{got}"));
+    assert!(at("✔ a ") < at("  ✔ b ") && at("  ✔ c ") < at("    ✔ d "), "tree in topological order:\n{got}");
+    assert!(got.contains("dia-1-d-0") && got.contains("Phase:       Succeeded") && got.contains("Progress:    4/4"), "{got}");
+    assert!(got.contains("Owner: alpha (lease alpha, epoch 1") && got.contains("1      alpha       Created"), "{got}");
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn requests_patch_the_spec_and_say_what_they_asked_for() {
+    let ns = TestNs::new("cli-requests").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&workflow("slow", "", &[task("a", &[], "1s", 0, ""), task("b", &["a"], "60s", 0, "")]));
+    ns.apply(&run("s-1", "slow", ""));
+    wait_phase(&ns, "s-1", |p| p == RunPhase::Running).await;
+    let api: Api<WorkflowInstance> = ns.api();
+
+    let said = ok(baton(&ns, &["pause", "s-1"]));
+    assert_eq!(said.trim(), format!("requested pause of run {}/s-1: spec.suspend=true", ns.name));
+    assert!(api.get("s-1").await.unwrap().spec.suspend);
+    wait_phase(&ns, "s-1", |p| p == RunPhase::Paused).await;
+    assert!(ok(baton(&ns, &["pause", "s-1"])).contains("already has spec.suspend=true"));
+    ok(baton(&ns, &["resume", "s-1"]));
+    assert!(!api.get("s-1").await.unwrap().spec.suspend);
+    refused(baton(&ns, &["retry", "s-1"]), &["s-1 is still", "wait for it to end"]);
+
+    let said = ok(baton(&ns, &["stop", "s-1"]));
+    assert!(said.contains("requested stop of run") && said.contains("spec.shutdown=Stop"), "{said}");
+    wait_phase(&ns, "s-1", |p| p == RunPhase::Stopped).await;
+    refused(baton(&ns, &["pause", "s-1"]), &["already ended Stopped", "nothing to pause"]);
+
+    // retry clears the Stop with the increment, so the controller does not
+    // defer it.
+    let said = ok(baton(&ns, &["retry", "s-1"]));
+    assert!(said.contains("spec.retryFailed=1, spec.shutdown cleared"), "{said}");
+    let spec = api.get("s-1").await.unwrap().spec;
+    assert_eq!((spec.retry_failed, spec.shutdown), (1, Shutdown::None));
+    wait_phase(&ns, "s-1", |p| p == RunPhase::Running).await;
+
+    let said = ok(baton(&ns, &["terminate", "s-1"]));
+    assert!(said.contains("spec.shutdown=Terminate"), "{said}");
+    wait_phase(&ns, "s-1", |p| p == RunPhase::Stopped).await;
+    assert_eq!(api.get("s-1").await.unwrap().spec.shutdown, Shutdown::Terminate);
+
+    ns.apply(&workflow("quick", "", &[task("a", &[], "500ms", 0, "")]));
+    ns.apply(&run("q-1", "quick", ""));
+    wait_phase(&ns, "q-1", |p| p == RunPhase::Succeeded).await;
+    refused(baton(&ns, &["retry", "q-1"]), &["q-1 Succeeded", "no failed or stopped task"]);
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn logs_read_the_task_pods_of_the_run() {
+    let ns = TestNs::new("cli-logs").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&workflow("two", "", &[task("a", &[], "500ms", 0, ""), task("b", &["a"], "500ms", 3, "")]));
+    ns.apply(&run("t-1", "two", ""));
+    wait_phase(&ns, "t-1", |p| p == RunPhase::Failed).await;
+
+    let a = ok(baton(&ns, &["logs", "t-1", "a"]));
+    let kubectl_a = ns.kubectl(&["logs", "t-1-a-0"], None);
+    assert!(!a.is_empty(), "a simulated pod has a log (e2e/README.md)");
+    assert_eq!(a, kubectl_a, "baton logs shows what kubectl logs shows");
+    let all = ok(baton(&ns, &["logs", "t-1"]));
+    for line in kubectl_a.lines() {
+        assert!(all.contains(&format!("a: {line}")), "{all}");
+    }
+    assert!(all.lines().any(|l| l.starts_with("b: ")), "{all}");
+    assert_eq!(ok(baton(&ns, &["logs", "t-1", "b", "--attempt", "0", "-f"])), ns.kubectl(&["logs", "t-1-b-0"], None));
+
+    refused(baton(&ns, &["logs", "t-1", "nope"]), &["run t-1 has no task \"nope\"", "a, b"]);
+    refused(baton(&ns, &["logs", "t-1", "a", "--attempt", "3"]), &["task a has attempts 0 to 0"]);
+    let pods: Api<Pod> = ns.api();
+    pods.delete("t-1-a-0", &DeleteParams::default().grace_period(0)).await.unwrap();
+    crate::support::wait_for("pod t-1-a-0 to be gone", std::time::Duration::from_secs(30), || async {
+        match pods.get_opt("t-1-a-0").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    refused(baton(&ns, &["logs", "t-1", "a"]), &["pod t-1-a-0 of task a is gone", "baton get t-1"]);
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn every_error_is_one_line_that_says_what_to_do() {
+    let ns = TestNs::new("cli-errors").await;
+    for cmd in [&["get", "ghost"][..], &["watch", "ghost"], &["logs", "ghost"], &["pause", "ghost"], &["retry", "ghost"]] {
+        refused(baton(&ns, cmd), &["run \"ghost\" not found in namespace", "baton list -A"]);
+    }
+    // No cluster: a kubeconfig whose server nobody listens on.
+    let dir = crate::support::state_dir().join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(kubeconfig()).unwrap();
+    let server = text.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server: in the kubeconfig");
+    let dead = dir.join("dead.kubeconfig");
+    std::fs::write(&dead, text.replace(server, "https://127.0.0.1:9")).unwrap();
+    refused(baton_with(&dead, &ns, &["list"]), &["cannot reach the API server at https://127.0.0.1:9/", "check that the cluster is up"]);
+    refused(baton_with(&dir.join("missing"), &ns, &["list"]), &["cannot read kubeconfig"]);
+
+    // Forbidden: a user who may read runs but not patch them.
+    ns.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: viewer}\nrules:\n\
+         - {apiGroups: [baton.dev], resources: [workflowinstances], verbs: [get, list, watch]}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: viewer}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: viewer}\n\
+         subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: e2e-viewer}]\n",
+    );
+    let mut config = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    for user in &mut config.auth_infos {
+        if let Some(info) = user.auth_info.as_mut() {
+            info.impersonate = Some("e2e-viewer".into());
+        }
+    }
+    let viewer = dir.join(format!("viewer-{}.kubeconfig", ns.name));
+    std::fs::write(&viewer, serde_yaml::to_string(&config).unwrap()).unwrap();
+    ns.apply(&workflow("quick", "", &[task("a", &[], "500ms", 0, "")]));
+    ns.apply(&run("q-1", "quick", ""));
+    ok(baton_with(&viewer, &ns, &["get", "q-1"]));
+    refused(baton_with(&viewer, &ns, &["pause", "q-1"]), &["e2e-viewer", "cannot patch", "ask a cluster administrator"]);
+    refused(baton_with(&viewer, &ns, &["list", "-A"]), &["cannot list", "ask a cluster administrator"]);
+    ns.done().await;
+}

@@ -1,0 +1,195 @@
+use super::*;
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+/// A diamond run (spec order deliberately not topological) with a fan-out
+/// task and an exit task, as a controller would have left it mid-way.
+fn diamond() -> WorkflowInstance {
+    serde_yaml::from_str(
+        r#"
+apiVersion: baton.dev/v1alpha1
+kind: WorkflowInstance
+metadata: {name: dia-1, namespace: team, creationTimestamp: "2026-11-22T10:00:00Z"}
+spec: {workflowRef: {name: dia}, params: {date: "2026-01-01"}, suspend: true}
+status:
+  phase: Running
+  progress: "2/5"
+  startedAt: "2026-11-22T10:00:01Z"
+  owner: {controller: c2, lease: c2, epoch: 2, since: "2026-11-22T10:00:30Z"}
+  ownerHistory:
+    - {controller: c1, epoch: 1, since: "2026-11-22T10:00:01Z", reason: Created}
+    - {controller: c2, epoch: 2, since: "2026-11-22T10:00:30Z", reason: Failover}
+  tasks:
+    - {name: d, phase: Pending}
+    - {name: a, phase: Succeeded, attempts: 1, podName: dia-1-a-0, startedAt: "2026-11-22T10:00:01Z", finishedAt: "2026-11-22T10:00:04Z", exitCode: 0, outputs: {result: "[1,2]"}}
+    - {name: b, phase: Failed, attempts: 2, podName: dia-1-b-1, startedAt: "2026-11-22T10:00:05Z", finishedAt: "2026-11-22T10:00:07Z", exitCode: 3, message: "boom\nlast line of the log"}
+    - {name: fan, phase: Running}
+    - {name: "fan(1)", phase: Running, attempts: 1, podName: dia-1-fan-1-0, startedAt: "2026-11-22T10:00:05Z"}
+    - {name: "fan(0)", phase: Succeeded, attempts: 1, startedAt: "2026-11-22T10:00:05Z", finishedAt: "2026-11-22T10:00:06Z", exitCode: 0}
+  workflowSpec:
+    tasks:
+      - {name: d, dependsOn: [b, fan], container: {name: main, image: busybox}}
+      - {name: b, dependsOn: [a], container: {name: main, image: busybox}}
+      - {name: a, container: {name: main, image: busybox}}
+      - {name: fan, dependsOn: [a], withItems: [x, y], container: {name: main, image: busybox}}
+    onExit:
+      - {name: notify, container: {name: main, image: busybox}}
+"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn durations_read_like_kubectl() {
+    let cases = [
+        (0, "0s"),
+        (59, "59s"),
+        (119, "119s"),
+        (190, "3m10s"),
+        (3599, "59m"),
+        (3 * 3600 + 300, "3h5m"),
+        (30 * 3600, "30h"),
+        (3 * 86_400 + 7200, "3d2h"),
+        (9 * 86_400, "9d"),
+        (-5, "0s"),
+    ];
+    for (secs, want) in cases {
+        assert_eq!(human_duration(secs), want, "{secs}");
+    }
+}
+
+#[test]
+fn tasks_come_in_topological_order_with_instances_under_their_task() {
+    let run = diamond();
+    let got: Vec<(String, usize, bool, bool)> = rows(&run).into_iter().map(|r| (r.key, r.depth, r.instance, r.exit)).collect();
+    let want = [
+        ("a", 0, false, false),
+        ("b", 1, false, false),
+        ("fan", 1, false, false),
+        ("fan(0)", 1, true, false),
+        ("fan(1)", 1, true, false),
+        ("d", 2, false, false),
+        ("notify", 0, false, true),
+    ];
+    assert_eq!(got, want.map(|(k, d, i, e)| (k.to_string(), d, i, e)));
+}
+
+#[test]
+fn entries_the_spec_does_not_name_are_still_shown() {
+    let mut run = diamond();
+    let status = run.status.as_mut().unwrap();
+    status.tasks.push(TaskStatus { name: "ghost".into(), ..Default::default() });
+    status.workflow_spec = None;
+    let keys: Vec<String> = rows(&run).into_iter().map(|r| r.key).collect();
+    assert_eq!(keys.len(), 7);
+    assert!(keys.contains(&"ghost".to_string()) && keys.contains(&"fan(1)".to_string()));
+}
+
+#[test]
+fn get_shows_the_tree_results_messages_requests_and_owner_history() {
+    let text = run(&diamond(), at("2026-11-22T10:01:00Z"), Style { color: false });
+    assert!(!text.contains('\x1b'), "no colour when asked for none:\n{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let pos = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?} missing:\n{text}"));
+    assert!(pos("✔ a ") < pos("✖ b ") && pos("✖ b ") < pos("● fan ") && pos("● fan ") < pos("  ╰ ● fan(1)"), "{text}");
+    assert!(pos("fan(1)") < pos("◷ d") && pos("◷ d") < pos("onExit:") && pos("onExit:") < pos("notify"), "{text}");
+    assert!(lines[pos("✔ a ")].contains("result: [1,2]") && lines[pos("✔ a ")].contains("3s"), "{text}");
+    let b = lines[pos("✖ b ")];
+    assert!(b.contains("Failed") && b.contains(" 2 ") && b.contains("dia-1-b-1") && b.contains(" 3 ") && b.contains("boom …"), "{b}");
+    assert!(text.contains("Requests:    suspend=true") && text.contains("Parameters:  date=2026-01-01"), "{text}");
+    assert!(text.contains("Duration:    59s"), "{text}");
+    assert!(text.contains("Owner: c2 (lease c2, epoch 2, since 2026-11-22T10:00:30Z)"), "{text}");
+    assert!(text.contains("2      c2          Failover  2026-11-22T10:00:30Z"), "{text}");
+}
+
+#[test]
+fn colour_marks_phases_only_when_asked() {
+    let text = run(&diamond(), at("2026-11-22T10:01:00Z"), Style { color: true });
+    assert!(text.contains("\x1b[31mFailed\x1b[0m") && text.contains("\x1b[32m✔\x1b[0m"), "{text}");
+    // Columns stay aligned: colour codes do not count as width.
+    let plain = run(&diamond(), at("2026-11-22T10:01:00Z"), Style { color: false });
+    let strip =
+        |s: &str| s.replace("\x1b[0m", "").replace("\x1b[31m", "").replace("\x1b[32m", "").replace("\x1b[36m", "").replace("\x1b[33m", "");
+    assert_eq!(strip(&text), plain);
+}
+
+#[test]
+fn list_puts_newest_first_and_widens_on_request() {
+    let older = diamond();
+    let mut newer = diamond();
+    newer.metadata.name = Some("dia-2".into());
+    newer.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-22T10:00:50Z")));
+    newer.status = None;
+    let now = at("2026-11-22T10:01:00Z");
+    let text = list(&[older.clone(), newer.clone()], false, false, now, Style { color: false });
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["NAME", "WORKFLOW", "PHASE", "PROGRESS", "OWNER", "AGE", "DURATION"]);
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["dia-2", "dia", "Pending", "-", "-", "10s", "-"]);
+    assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["dia-1", "dia", "Running", "2/5", "c2", "60s", "59s"]);
+    let wide = list(&[older], true, true, now, Style { color: false });
+    let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..3], ["team", "dia-1", "dia"]);
+    assert_eq!(row[8..], ["2", "2026-11-22T10:00:01Z"]);
+}
+
+#[test]
+fn watch_lines_tell_what_changed() {
+    let before = diamond();
+    let mut after = diamond();
+    let status = after.status.as_mut().unwrap();
+    status.tasks[0].phase = TaskPhase::Running;
+    status.tasks[0].attempts = 1;
+    status.tasks[0].pod_name = Some("dia-1-d-0".into());
+    status.owner.as_mut().unwrap().epoch = 3;
+    status.owner.as_mut().unwrap().controller = "c3".into();
+    status.owner_history.push(crate::api::OwnerChange {
+        controller: "c3".into(),
+        epoch: 3,
+        since: status.owner.as_ref().unwrap().since.clone(),
+        reason: crate::api::OwnerChangeReason::Handoff,
+    });
+    assert_eq!(changes(Some(&before), &after), ["owner c3 (epoch 3, Handoff)", "task d Running (dia-1-d-0, attempt 1)"]);
+    let mut ended = after.clone();
+    let status = ended.status.as_mut().unwrap();
+    status.phase = Some(RunPhase::Failed);
+    status.tasks[0].phase = TaskPhase::Failed;
+    status.tasks[0].exit_code = Some(1);
+    status.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Finished".into(),
+        status: "True".into(),
+        reason: "Failed".into(),
+        message: "task b failed".into(),
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-22T10:01:00Z")),
+        observed_generation: None,
+    });
+    assert_eq!(
+        changes(Some(&after), &ended),
+        ["task d Failed (exit 1)", "run Failed: task b failed"],
+        "the run ends after the task that ended it"
+    );
+    let first = changes(None, &before);
+    assert_eq!(first[0], "run Running");
+    assert!(first.contains(&"task b Failed (exit 3): boom …".to_string()), "{first:?}");
+    assert!(!first.iter().any(|l| l.starts_with("task d")), "a Pending task seen first says nothing: {first:?}");
+}
+
+#[test]
+fn the_pod_of_an_attempt_is_the_recorded_one_or_the_deterministic_one() {
+    let run = diamond();
+    let tasks = &run.status.as_ref().unwrap().tasks;
+    let b = tasks.iter().find(|t| t.name == "b").unwrap();
+    assert_eq!(pod_of("dia-1", b, None), "dia-1-b-1");
+    assert_eq!(pod_of("dia-1", b, Some(0)), "dia-1-b-0");
+    let fan0 = tasks.iter().find(|t| t.name == "fan(0)").unwrap();
+    assert_eq!(pod_of("dia-1", fan0, None), "dia-1-fan-0-0");
+}
+
+#[test]
+fn one_line_cuts_long_and_multi_line_text() {
+    assert_eq!(one_line("short", 10), "short");
+    assert_eq!(one_line("abcdefghijkl", 5), "abcde…");
+    assert_eq!(one_line("first\nsecond\n", 80), "first …");
+    assert_eq!(one_line("only\n", 80), "only");
+}
