@@ -175,6 +175,18 @@ async fn every_error_is_one_line_that_says_what_to_do() {
     refused(baton_with(&dir.join("missing"), &ns, &["list"]), &["cannot read kubeconfig"]);
 
     // Forbidden: a user who may read runs but not patch them.
+    let viewer = viewer_kubeconfig(&ns);
+    ns.apply(&workflow("quick", "", &[task("a", &[], "500ms", 0, "")]));
+    ns.apply(&run("q-1", "quick", ""));
+    ok(baton_with(&viewer, &ns, &["get", "q-1"]));
+    refused(baton_with(&viewer, &ns, &["pause", "q-1"]), &["e2e-viewer", "cannot patch", "ask a cluster administrator"]);
+    refused(baton_with(&viewer, &ns, &["list", "-A"]), &["cannot list", "ask a cluster administrator"]);
+    ns.done().await;
+}
+
+/// A kubeconfig for user `e2e-viewer` (the cluster's admin impersonating
+/// it), who may get, list and watch runs in `ns` and nothing else.
+pub fn viewer_kubeconfig(ns: &TestNs) -> std::path::PathBuf {
     ns.apply(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: viewer}\nrules:\n\
          - {apiGroups: [baton.dev], resources: [workflowinstances], verbs: [get, list, watch]}\n---\n\
@@ -188,12 +200,9 @@ async fn every_error_is_one_line_that_says_what_to_do() {
             info.impersonate = Some("e2e-viewer".into());
         }
     }
-    let viewer = dir.join(format!("viewer-{}.kubeconfig", ns.name));
-    std::fs::write(&viewer, serde_yaml::to_string(&config).unwrap()).unwrap();
-    ns.apply(&workflow("quick", "", &[task("a", &[], "500ms", 0, "")]));
-    ns.apply(&run("q-1", "quick", ""));
-    ok(baton_with(&viewer, &ns, &["get", "q-1"]));
-    refused(baton_with(&viewer, &ns, &["pause", "q-1"]), &["e2e-viewer", "cannot patch", "ask a cluster administrator"]);
-    refused(baton_with(&viewer, &ns, &["list", "-A"]), &["cannot list", "ask a cluster administrator"]);
-    ns.done().await;
+    let dir = crate::support::state_dir().join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("viewer-{}.kubeconfig", ns.name));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
 }

@@ -14,4 +14,5 @@ mod retention;
 mod rules;
 mod runs;
 mod schedule;
+mod ui;
 mod webhook;

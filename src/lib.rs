@@ -25,6 +25,7 @@ pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod template;
+pub mod ui;
 pub mod view;
 pub mod webhook;
 pub mod when;

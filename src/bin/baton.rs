@@ -100,6 +100,14 @@ enum Command {
     /// Re-run the failed and stopped tasks of a finished run (spec.retryFailed
     /// plus one; a Stop or Terminate request is cleared with it).
     Retry { run: String },
+    /// Serve the web UI on 127.0.0.1 through your kubeconfig (like kubectl
+    /// proxy: it can do what you may do) until interrupted. Prints the URL;
+    /// opens nothing.
+    Ui {
+        /// Port to listen on (default: a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -546,6 +554,20 @@ async fn request(cli: &Cli, name: &str, what: Request) -> Result<ExitCode, Failu
     }
 }
 
+async fn ui(cli: &Cli, port: u16) -> Result<ExitCode, Failure> {
+    let session = session(cli).await?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (bound, server) = baton::ui::serve(addr, session.client.clone(), session.namespace.clone())
+        .await
+        .map_err(|e| Failure(format!("cannot listen on {addr}: {e}; pick another --port")))?;
+    println!("baton ui: http://{bound}/ (API server {}, as your kubeconfig's user; Ctrl-C stops it)", session.server);
+    tokio::select! {
+        served = server => served.map_err(|e| Failure(format!("the UI server stopped: {e}")))?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn read(path: &str) -> std::io::Result<String> {
     if path == "-" { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(path) }
 }
@@ -591,6 +613,7 @@ async fn main() -> ExitCode {
         Command::Stop { run } => request(&cli, run, Request::Stop).await,
         Command::Terminate { run } => request(&cli, run, Request::Terminate).await,
         Command::Retry { run } => request(&cli, run, Request::Retry).await,
+        Command::Ui { port } => ui(&cli, *port).await,
     };
     result.unwrap_or_else(|Failure(message)| {
         eprintln!("error: {message}");

@@ -1,0 +1,229 @@
+//! `baton ui`: the web UI, served on 127.0.0.1 from files compiled into the
+//! binary, talking to the API server through the user's own kubeconfig like
+//! `kubectl proxy`, so it can do exactly what the user may do. Unlike
+//! `kubectl proxy` it forwards only the requests its pages make (reads of
+//! runs, Workflows, Events, pods and pod logs; merge patches of a run's
+//! spec), refuses other Host headers (DNS rebinding), and refuses a write
+//! without its own header, which a page of another origin cannot send
+//! without a CORS preflight the server never answers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+/// The header the UI's own writes carry.
+pub const WRITE_HEADER: &str = "x-baton-ui";
+
+const INDEX: &str = include_str!("ui/index.html");
+const APP_JS: &str = include_str!("ui/app.js");
+const APP_CSS: &str = include_str!("ui/app.css");
+
+/// Whether `baton ui` forwards `method path` to the API server: only what
+/// its pages use.
+pub fn allowed(method: &Method, path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let read = *method == Method::GET;
+    // Names are DNS names: a segment that could walk the path is no name.
+    if parts.iter().any(|p| p.is_empty() || p.starts_with('.') || p.contains('%')) {
+        return false;
+    }
+    match parts.as_slice() {
+        ["api", "v1", "namespaces"] => read,
+        ["api", "v1", "namespaces", _, "events" | "pods"] => read,
+        ["api", "v1", "namespaces", _, "pods", _, "log"] => read,
+        ["apis", "baton.dev", "v1alpha1", "workflowinstances" | "workflows"] => read,
+        ["apis", "baton.dev", "v1alpha1", "namespaces", _, "workflowinstances" | "workflows"] => read,
+        ["apis", "baton.dev", "v1alpha1", "namespaces", _, "workflows", _] => read,
+        ["apis", "baton.dev", "v1alpha1", "namespaces", _, "workflowinstances", _] => read || *method == Method::PATCH,
+        _ => false,
+    }
+}
+
+/// Whether the request was addressed to this server by a loopback name:
+/// a page that rebinds its own DNS name to 127.0.0.1 sends its own name.
+pub fn local_host(headers: &HeaderMap, port: u16) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    ["127.0.0.1", "localhost", "[::1]"].iter().any(|name| host == format!("{name}:{port}"))
+}
+
+struct Ui {
+    client: kube::Client,
+    port: u16,
+    /// The namespace the pages start in (`-n`, else the kubeconfig's).
+    namespace: String,
+}
+
+fn refuse(code: StatusCode, message: String) -> Response {
+    let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code.as_u16()});
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Forwards an allowed request to the API server as the user, streaming
+/// the answer back (watches included).
+async fn proxy(State(ui): State<Arc<Ui>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if !local_host(&parts.headers, ui.port) {
+        return refuse(StatusCode::FORBIDDEN, "baton ui answers only requests addressed to 127.0.0.1 or localhost".into());
+    }
+    let Some(path) = parts.uri.path().strip_prefix("/k8s") else {
+        return refuse(StatusCode::NOT_FOUND, "not found".into());
+    };
+    if !allowed(&parts.method, path) {
+        return refuse(StatusCode::FORBIDDEN, format!("baton ui does not forward {} {path}: its pages do not use it", parts.method));
+    }
+    if parts.method != Method::GET && !parts.headers.contains_key(WRITE_HEADER) {
+        return refuse(StatusCode::FORBIDDEN, format!("a write through baton ui needs the {WRITE_HEADER} header its pages send"));
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB".into());
+    };
+    let target = parts.uri.path_and_query().map_or(path.to_string(), |pq| pq.as_str().trim_start_matches("/k8s").to_string());
+    let mut forward = http::Request::builder().method(parts.method.clone()).uri(target);
+    for name in [header::CONTENT_TYPE, header::ACCEPT] {
+        if let Some(v) = parts.headers.get(&name) {
+            forward = forward.header(name, v);
+        }
+    }
+    let Ok(forward) = forward.body(kube::client::Body::from(bytes.to_vec())) else {
+        return refuse(StatusCode::BAD_REQUEST, "malformed request".into());
+    };
+    match ui.client.send(forward).await {
+        Ok(answer) => {
+            let (parts, body) = answer.into_parts();
+            Response::from_parts(parts, axum::body::Body::new(body))
+        }
+        Err(e) => refuse(StatusCode::BAD_GATEWAY, format!("cannot reach the API server: {e}")),
+    }
+}
+
+/// The next tick of a schedule, computed as the controller computes it
+/// (`GET /ui/next-tick?cron=...&timeZone=...`).
+async fn next_tick(axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    let mut schedule = crate::api::Schedule::default();
+    for (k, v) in form_pairs(query.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "cron" => schedule.cron = v,
+            "timeZone" => schedule.time_zone = Some(v),
+            _ => {}
+        }
+    }
+    let answer = match crate::schedule::parse(&schedule) {
+        Ok(parsed) => serde_json::json!({"next": parsed.next_after(k8s_openapi::jiff::Timestamp::now()).map(|t| t.to_string())}),
+        Err(e) => serde_json::json!({"error": e}),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], answer.to_string()).into_response()
+}
+
+/// `a=b&c=d` with `%XX` and `+` decoded.
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let hex = |b: u8| (b as char).to_digit(16);
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                (b'+', _, _) => out.push(b' '),
+                (b'%', Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
+                }
+                (b, _, _) => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).map(|(k, v)| (decode(k), decode(v))).collect()
+}
+
+fn asset(kind: &'static str, text: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], text).into_response()
+}
+
+/// Binds `addr` (port 0 picks a free one) and returns the bound address and
+/// the server future.
+pub async fn serve(
+    addr: SocketAddr,
+    client: kube::Client,
+    namespace: String,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let ui = Arc::new(Ui { client, port: bound.port(), namespace });
+    let app = Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
+        .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
+        .route("/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
+        .route("/ui/next-tick", get(next_tick))
+        .route("/ui/config", get(|State(ui): State<Arc<Ui>>| async move { axum::Json(serde_json::json!({"namespace": ui.namespace})) }))
+        .fallback(proxy)
+        .with_state(ui);
+    Ok((bound, async move { axum::serve(listener, app).await }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_pages_use_is_forwarded() {
+        let ok = [
+            (Method::GET, "/api/v1/namespaces"),
+            (Method::GET, "/api/v1/namespaces/data/events"),
+            (Method::GET, "/api/v1/namespaces/data/pods"),
+            (Method::GET, "/api/v1/namespaces/data/pods/etl-a-0/log"),
+            (Method::GET, "/apis/baton.dev/v1alpha1/workflowinstances"),
+            (Method::GET, "/apis/baton.dev/v1alpha1/namespaces/data/workflows/etl"),
+            (Method::PATCH, "/apis/baton.dev/v1alpha1/namespaces/data/workflowinstances/etl-1"),
+        ];
+        for (m, p) in ok {
+            assert!(allowed(&m, p), "{m} {p}");
+        }
+        let refused = [
+            (Method::GET, "/api/v1/namespaces/data/secrets"),
+            (Method::GET, "/api/v1/namespaces/data/pods/p/exec"),
+            (Method::POST, "/api/v1/namespaces/data/pods"),
+            (Method::DELETE, "/apis/baton.dev/v1alpha1/namespaces/data/workflowinstances/etl-1"),
+            (Method::PATCH, "/apis/baton.dev/v1alpha1/namespaces/data/workflowinstances/etl-1/status"),
+            (Method::PATCH, "/apis/baton.dev/v1alpha1/namespaces/data/workflows/etl"),
+            (Method::GET, "/apis/coordination.k8s.io/v1/namespaces/baton-system/leases"),
+            (Method::GET, "/api/v1/namespaces/data/pods/../secrets"),
+            (Method::GET, "/api/v1/namespaces/data/pods/../log"),
+            (Method::GET, "/api/v1/namespaces/data/pods/%2e%2e/log"),
+            (Method::GET, "/api/v1/namespaces//pods"),
+        ];
+        for (m, p) in refused {
+            assert!(!allowed(&m, p), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_names_of_this_port_are_answered() {
+        let with = |host: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, host.parse().unwrap());
+            h
+        };
+        assert!(local_host(&with("127.0.0.1:8001"), 8001));
+        assert!(local_host(&with("localhost:8001"), 8001));
+        assert!(!local_host(&with("evil.example:8001"), 8001));
+        assert!(!local_host(&with("127.0.0.1:8002"), 8001));
+        assert!(!local_host(&HeaderMap::new(), 8001));
+    }
+
+    #[test]
+    fn query_pairs_are_decoded() {
+        assert_eq!(
+            form_pairs("cron=0+2+*+*+*&timeZone=Europe%2FBerlin&x"),
+            [("cron".into(), "0 2 * * *".into()), ("timeZone".into(), "Europe/Berlin".into()), ("x".to_string(), String::new())]
+        );
+        assert_eq!(form_pairs("a=%zz%4"), [("a".to_string(), "%zz%4".to_string())]);
+        assert_eq!(form_pairs("a=%é%"), [("a".to_string(), "%é%".to_string())]);
+    }
+}
