@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # end-to-end tests configure them); `make build` and the benchmarks do not.
 TEST_FEATURES := --features failpoints
 
-.PHONY: all build crds test bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
+.PHONY: all build crds test browser bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
 
 all: build
 
@@ -22,7 +22,7 @@ crds:
 ## Every test: unit, property, CRD-in-sync, offline validation, end-to-end
 ## against the local control plane (built on first use), and the chaos
 ## suite in its short CI setting.
-test: cluster-up helm
+test: cluster-up helm browser
 	CHAOS_DURATION=90s $(CARGO) test $(TEST_FEATURES) --all-targets -- --test-threads 4
 	$(CARGO) run --quiet --bin baton -- validate config/samples/*.yaml
 	KUBECONFIG=$(CURDIR)/target/e2e/kubeconfig kubectl apply --dry-run=server -f crds/
@@ -45,6 +45,11 @@ cluster-up:
 
 cluster-down:
 	e2e/cluster down
+
+## Debian's chromium and chromedriver, for the UI's end-to-end tests (e2e/ui.rs).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 ## The pinned helm (e2e/harness/helm/go.mod), built once into the e2e cache.
 helm:

@@ -143,6 +143,21 @@ async fn logs_read_the_task_pods_of_the_run() {
     assert!(all.lines().any(|l| l.starts_with("b: ")), "{all}");
     assert_eq!(ok(baton(&ns, &["logs", "t-1", "b", "--attempt", "0", "-f"])), ns.kubectl(&["logs", "t-1-b-0"], None));
 
+    // Followed while it runs, the log ends when the pod does.
+    ns.apply(&workflow("follow", "", &[task("a", &[], "3s", 0, "")]));
+    ns.apply(&run("f-1", "follow", ""));
+    let api: Api<WorkflowInstance> = ns.api();
+    crate::support::wait_for("f-1's pod to run", std::time::Duration::from_secs(60), || async {
+        let run = api.get("f-1").await.map_err(|e| e.to_string())?;
+        let a = run.status.and_then(|s| s.tasks.into_iter().find(|t| t.name == "a"));
+        a.filter(|t| t.phase == baton::api::TaskPhase::Running).map(|_| ()).ok_or_else(|| "not running yet".to_string())
+    })
+    .await;
+    let followed = ok(baton(&ns, &["logs", "f-1", "a", "-f"]));
+    let pod: Pod = ns.api().get("f-1-a-0").await.unwrap();
+    assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Succeeded"), "-f returned once the pod had ended");
+    assert_eq!(followed, ns.kubectl(&["logs", "f-1-a-0"], None));
+
     refused(baton(&ns, &["logs", "t-1", "nope"]), &["run t-1 has no task \"nope\"", "a, b"]);
     refused(baton(&ns, &["logs", "t-1", "a", "--attempt", "3"]), &["task a has attempts 0 to 0"]);
     let pods: Api<Pod> = ns.api();

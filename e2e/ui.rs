@@ -37,7 +37,8 @@ fn start_ui(kubeconfig: &std::path::Path, ns: &TestNs) -> (Killed, String) {
         .expect("start baton ui");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://127.0.0.1:")).unwrap_or_else(|| panic!("no URL in {line:?}")).to_string();
+    let url =
+        line.split_whitespace().find(|w| w.starts_with("http://127.0.0.1:")).unwrap_or_else(|| panic!("no URL in {line:?}")).to_string();
     (Killed(child), url)
 }
 
@@ -107,11 +108,13 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
     until(&c, "task a to be shown Running", "document.querySelector('g.node[data-task=\"a\"]').dataset.phase === 'Running'").await;
     let first = node_phases(&c).await;
     assert_eq!(first.iter().filter(|(_, p)| p == "Pending").count(), 3, "{first:?}");
-    until(&c, "a Succeeded and b, c Running", "['a','b','c'].map(t => document.querySelector(`g.node[data-task=\"${t}\"]`).dataset.phase).join() === 'Succeeded,Running,Running'").await;
-    let fill = c
-        .execute("return getComputedStyle(document.querySelector('g.node[data-task=\"a\"] rect')).fill", vec![])
-        .await
-        .unwrap();
+    until(
+        &c,
+        "a Succeeded and b, c Running",
+        "['a','b','c'].map(t => document.querySelector(`g.node[data-task=\"${t}\"]`).dataset.phase).join() === 'Succeeded,Running,Running'",
+    )
+    .await;
+    let fill = c.execute("return getComputedStyle(document.querySelector('g.node[data-task=\"a\"] rect')).fill", vec![]).await.unwrap();
     assert_eq!(fill, serde_json::json!("rgb(26, 127, 55)"), "a Succeeded node is green");
     until(&c, "d to be shown Running", "document.querySelector('g.node[data-task=\"d\"]').dataset.phase === 'Running'").await;
     let shot = c.screenshot().await.unwrap();

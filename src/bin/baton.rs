@@ -426,7 +426,7 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
     let mut readable = vec![];
     for (key, pod) in targets {
         match pods.get_opt(&pod).await.map_err(|e| session.failure(e))? {
-            Some(p) if baton::objects::controlled_by(&p.metadata, &uid) => readable.push((key, pod)),
+            Some(p) if baton::objects::controlled_by(&p.metadata, &uid) => readable.push((key, pod, pod_finished(&p))),
             Some(_) => {
                 return Err(Failure(format!(
                     "pod {pod} is not run {name}'s (its controller is another object); baton reads no logs of it"
@@ -440,10 +440,14 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
             None => eprintln!("{key}: pod {pod} is gone (deleted by podGC or by hand)"),
         }
     }
-    let params = LogParams { follow, ..Default::default() };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, Failure>>();
-    for (key, pod) in readable {
-        let (pods, tx, params) = (pods.clone(), tx.clone(), params.clone());
+    for (key, pod, finished) in readable {
+        // A finished pod's log is read whole; a running one is followed
+        // until the pod ends (a kubelet closes the stream then, a simulated
+        // node does not).
+        let follow = follow && !finished;
+        let params = LogParams { follow, ..Default::default() };
+        let (pods, tx) = (pods.clone(), tx.clone());
         let label = if prefix { format!("{key}: ") } else { String::new() };
         let refused = |e: kube::Error| match e {
             kube::Error::Api(s) if s.code == 400 => Failure(format!("{key}: {}", s.message)),
@@ -459,10 +463,30 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
                 Ok(s) => s.lines(),
                 Err(f) => return drop(tx.send(Err(f))),
             };
-            while let Some(line) = lines.next().await {
-                match line {
-                    Ok(l) => drop(tx.send(Ok(format!("{label}{l}")))),
-                    Err(e) => return drop(tx.send(Err(Failure(format!("{key}: the log stream broke ({e}); run baton logs again"))))),
+            let ended = async {
+                if !follow {
+                    return std::future::pending().await;
+                }
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    match pods.get_opt(&pod).await {
+                        Ok(Some(p)) if !pod_finished(&p) => {}
+                        Err(_) => {}
+                        _ => break,
+                    }
+                }
+                // What the node still sends of the last lines.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            };
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    line = lines.next() => match line {
+                        Some(Ok(l)) => drop(tx.send(Ok(format!("{label}{l}")))),
+                        Some(Err(e)) => return drop(tx.send(Err(Failure(format!("{key}: the log stream broke ({e}); run baton logs again"))))),
+                        None => return,
+                    },
+                    _ = &mut ended => return,
                 }
             }
         });
@@ -476,6 +500,10 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
         }
     }
     failed.map_or(Ok(ExitCode::SUCCESS), Err)
+}
+
+fn pod_finished(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 /// A request on a run: a merge patch of its spec.
