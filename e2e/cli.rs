@@ -108,6 +108,13 @@ async fn requests_patch_the_spec_and_say_what_they_asked_for() {
     // defer it.
     let said = ok(baton(&ns, &["retry", "s-1"]));
     assert!(said.contains("spec.retryFailed=1, spec.shutdown cleared"), "{said}");
+    // Watched right after the retry, the run has not ended: it goes on.
+    let watch = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", &ns.name, "watch", "s-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let spec = api.get("s-1").await.unwrap().spec;
     assert_eq!((spec.retry_failed, spec.shutdown), (1, Shutdown::None));
     wait_phase(&ns, "s-1", |p| p == RunPhase::Running).await;
@@ -116,6 +123,11 @@ async fn requests_patch_the_spec_and_say_what_they_asked_for() {
     assert!(said.contains("spec.shutdown=Terminate"), "{said}");
     wait_phase(&ns, "s-1", |p| p == RunPhase::Stopped).await;
     assert_eq!(api.get("s-1").await.unwrap().spec.shutdown, Shutdown::Terminate);
+    let watched = watch.wait_with_output().unwrap();
+    let text = stdout(&watched);
+    assert_eq!(watched.status.code(), Some(1), "{text}");
+    assert!(text.contains("run Running") && text.trim_end().ends_with("spec.shutdown=Terminate; exit tasks skipped"), "{text}");
+    refused(baton(&ns, &["stop", "s-1"]), &["already ended Stopped"]);
 
     ns.apply(&workflow("quick", "", &[task("a", &[], "500ms", 0, "")]));
     ns.apply(&run("q-1", "quick", ""));
@@ -169,7 +181,10 @@ async fn logs_read_the_task_pods_of_the_run() {
         }
     })
     .await;
-    refused(baton(&ns, &["logs", "t-1", "a"]), &["pod t-1-a-0 of task a is gone", "baton get t-1"]);
+    refused(baton(&ns, &["logs", "t-1", "a"]), &["pod t-1-a-0 of task a does not exist", "baton get t-1"]);
+    let rest = baton(&ns, &["logs", "t-1"]);
+    assert!(rest.status.success() && stdout(&rest).lines().all(|l| l.starts_with("b: ")), "{}", stdout(&rest));
+    assert!(String::from_utf8_lossy(&rest.stderr).contains("a: pod t-1-a-0 does not exist"));
     ns.done().await;
 }
 
@@ -196,28 +211,37 @@ async fn every_error_is_one_line_that_says_what_to_do() {
     ok(baton_with(&viewer, &ns, &["get", "q-1"]));
     refused(baton_with(&viewer, &ns, &["pause", "q-1"]), &["e2e-viewer", "cannot patch", "ask a cluster administrator"]);
     refused(baton_with(&viewer, &ns, &["list", "-A"]), &["cannot list", "ask a cluster administrator"]);
+    // A user who may read runs but not watch them: watch says so, once.
+    let lister = user_kubeconfig(&ns, "e2e-lister", "[get, list]");
+    let started = std::time::Instant::now();
+    refused(baton_with(&lister, &ns, &["watch", "q-1"]), &["e2e-lister", "cannot watch", "ask a cluster administrator"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
     ns.done().await;
 }
 
 /// A kubeconfig for user `e2e-viewer` (the cluster's admin impersonating
 /// it), who may get, list and watch runs in `ns` and nothing else.
 pub fn viewer_kubeconfig(ns: &TestNs) -> std::path::PathBuf {
-    ns.apply(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: viewer}\nrules:\n\
-         - {apiGroups: [baton.dev], resources: [workflowinstances], verbs: [get, list, watch]}\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: viewer}\n\
-         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: viewer}\n\
-         subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: e2e-viewer}]\n",
-    );
+    user_kubeconfig(ns, "e2e-viewer", "[get, list, watch]")
+}
+
+/// A kubeconfig for `user` (the cluster's admin impersonating it), who may
+/// do `verbs` on runs in `ns` and nothing else.
+fn user_kubeconfig(ns: &TestNs, user: &str, verbs: &str) -> std::path::PathBuf {
+    ns.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {user}}}\nrules:\n\
+         - {{apiGroups: [baton.dev], resources: [workflowinstances], verbs: {verbs}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {user}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {user}}}\n\
+         subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
+    ));
     let mut config = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
-    for user in &mut config.auth_infos {
-        if let Some(info) = user.auth_info.as_mut() {
-            info.impersonate = Some("e2e-viewer".into());
-        }
+    for info in config.auth_infos.iter_mut().filter_map(|u| u.auth_info.as_mut()) {
+        info.impersonate = Some(user.into());
     }
     let dir = crate::support::state_dir().join("cli");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("viewer-{}.kubeconfig", ns.name));
+    let path = dir.join(format!("{user}-{}.kubeconfig", ns.name));
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
     path
 }

@@ -24,6 +24,7 @@ pub mod reaper;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;
+pub mod steer;
 pub mod template;
 pub mod ui;
 pub mod view;

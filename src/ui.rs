@@ -1,11 +1,12 @@
 //! `baton ui`: the web UI, served on 127.0.0.1 from files compiled into the
 //! binary, talking to the API server through the user's own kubeconfig like
 //! `kubectl proxy`, so it can do exactly what the user may do. Unlike
-//! `kubectl proxy` it forwards only the requests its pages make (reads of
-//! runs, Workflows, Events, pods and pod logs; merge patches of a run's
-//! spec), refuses other Host headers (DNS rebinding), and refuses a write
-//! without its own header, which a page of another origin cannot send
-//! without a CORS preflight the server never answers.
+//! `kubectl proxy` it forwards only the reads its pages make (runs,
+//! Workflows, Events, pods and pod logs), makes the requests of its buttons
+//! itself with the CLI's code (`/ui/request`, src/steer.rs), refuses other
+//! Host headers (DNS rebinding), and refuses a write without its own header,
+//! which a page of another origin cannot send without a CORS preflight the
+//! server never answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+
+use crate::api::WorkflowInstance;
+use crate::steer::{self, Outcome, send};
 
 /// The header the UI's own writes carry.
 pub const WRITE_HEADER: &str = "x-baton-ui";
@@ -38,8 +42,7 @@ pub fn allowed(method: &Method, path: &str) -> bool {
         ["api", "v1", "namespaces", _, "pods", _, "log"] => read,
         ["apis", "baton.dev", "v1alpha1", "workflowinstances" | "workflows"] => read,
         ["apis", "baton.dev", "v1alpha1", "namespaces", _, "workflowinstances" | "workflows"] => read,
-        ["apis", "baton.dev", "v1alpha1", "namespaces", _, "workflows", _] => read,
-        ["apis", "baton.dev", "v1alpha1", "namespaces", _, "workflowinstances", _] => read || *method == Method::PATCH,
+        ["apis", "baton.dev", "v1alpha1", "namespaces", _, "workflows" | "workflowinstances", _] => read,
         _ => false,
     }
 }
@@ -76,9 +79,6 @@ async fn proxy(State(ui): State<Arc<Ui>>, request: Request) -> Response {
     if !allowed(&parts.method, path) {
         return refuse(StatusCode::FORBIDDEN, format!("baton ui does not forward {} {path}: its pages do not use it", parts.method));
     }
-    if parts.method != Method::GET && !parts.headers.contains_key(WRITE_HEADER) {
-        return refuse(StatusCode::FORBIDDEN, format!("a write through baton ui needs the {WRITE_HEADER} header its pages send"));
-    }
     let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB".into());
     };
@@ -99,6 +99,34 @@ async fn proxy(State(ui): State<Arc<Ui>>, request: Request) -> Response {
         }
         Err(e) => refuse(StatusCode::BAD_GATEWAY, format!("cannot reach the API server: {e}")),
     }
+}
+
+/// `POST /ui/request?namespace=N&name=R&what=pause|resume|stop|retry`:
+/// exactly what `baton pause|resume|stop|retry` does (src/steer.rs), as the
+/// user. Answers `{"message"}`: 200 when made or already in place, 409 when
+/// it cannot apply, the API server's Status when it refused.
+async fn request(State(ui): State<Arc<Ui>>, headers: HeaderMap, axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    if !local_host(&headers, ui.port) || !headers.contains_key(WRITE_HEADER) {
+        return refuse(StatusCode::FORBIDDEN, format!("a request through baton ui needs the {WRITE_HEADER} header its pages send"));
+    }
+    let pairs = form_pairs(query.as_deref().unwrap_or(""));
+    let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let what = match get("what").as_str() {
+        "pause" => steer::Request::Pause,
+        "resume" => steer::Request::Resume,
+        "stop" => steer::Request::Stop,
+        "terminate" => steer::Request::Terminate,
+        "retry" => steer::Request::Retry,
+        other => return refuse(StatusCode::BAD_REQUEST, format!("unknown request {other:?}")),
+    };
+    let api: kube::Api<WorkflowInstance> = kube::Api::namespaced(ui.client.clone(), &get("namespace"));
+    let (code, message) = match send(&api, &get("name"), what).await {
+        Ok(Outcome::Requested(m) | Outcome::Nothing(m)) => (StatusCode::OK, m),
+        Ok(Outcome::Refused(m)) => (StatusCode::CONFLICT, m),
+        Err(kube::Error::Api(s)) => return refuse(StatusCode::from_u16(s.code).unwrap_or(StatusCode::BAD_GATEWAY), s.message),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("cannot reach the API server: {e}")),
+    };
+    (code, axum::Json(serde_json::json!({"message": message}))).into_response()
 }
 
 /// The next tick of a schedule, computed as the controller computes it
@@ -161,6 +189,7 @@ pub async fn serve(
         .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
         .route("/ui/next-tick", get(next_tick))
+        .route("/ui/request", axum::routing::post(request))
         .route("/ui/config", get(|State(ui): State<Arc<Ui>>| async move { axum::Json(serde_json::json!({"namespace": ui.namespace})) }))
         .fallback(proxy)
         .with_state(ui);
@@ -180,7 +209,7 @@ mod tests {
             (Method::GET, "/api/v1/namespaces/data/pods/etl-a-0/log"),
             (Method::GET, "/apis/baton.dev/v1alpha1/workflowinstances"),
             (Method::GET, "/apis/baton.dev/v1alpha1/namespaces/data/workflows/etl"),
-            (Method::PATCH, "/apis/baton.dev/v1alpha1/namespaces/data/workflowinstances/etl-1"),
+            (Method::GET, "/apis/baton.dev/v1alpha1/namespaces/data/workflowinstances/etl-1"),
         ];
         for (m, p) in ok {
             assert!(allowed(&m, p), "{m} {p}");
@@ -190,6 +219,7 @@ mod tests {
             (Method::GET, "/api/v1/namespaces/data/pods/p/exec"),
             (Method::POST, "/api/v1/namespaces/data/pods"),
             (Method::DELETE, "/apis/baton.dev/v1alpha1/namespaces/data/workflowinstances/etl-1"),
+            (Method::PATCH, "/apis/baton.dev/v1alpha1/namespaces/data/workflowinstances/etl-1"),
             (Method::PATCH, "/apis/baton.dev/v1alpha1/namespaces/data/workflowinstances/etl-1/status"),
             (Method::PATCH, "/apis/baton.dev/v1alpha1/namespaces/data/workflows/etl"),
             (Method::GET, "/apis/coordination.k8s.io/v1/namespaces/baton-system/leases"),

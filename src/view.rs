@@ -112,17 +112,25 @@ fn run_message(run: &WorkflowInstance) -> String {
     pick.map(|c| one_line(&c.message, 100)).unwrap_or_default()
 }
 
-/// The first line of `text`, cut at `max` characters.
+/// The first line of `text` that has any, cut at `max` characters, with
+/// control characters shown escaped.
 pub fn one_line(text: &str, max: usize) -> String {
+    let text = text.trim_start_matches(['\n', '\r']).trim_end();
     let first = text.lines().next().unwrap_or("").trim_end();
-    let more = text.trim_end().contains('\n');
-    if first.chars().count() > max {
-        format!("{}…", first.chars().take(max).collect::<String>())
-    } else if more {
-        format!("{first} …")
-    } else {
-        first.to_string()
+    let more = text.contains('\n');
+    let cut = if first.chars().count() > max { format!("{}…", first.chars().take(max).collect::<String>()) } else { first.to_string() };
+    let cut = escape(&cut);
+    if more { format!("{cut} …") } else { cut }
+}
+
+/// `text` with control characters (escape sequences, carriage returns,
+/// newlines) written as Rust escapes: text from pods and users never drives
+/// the terminal.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
     }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// `baton list`: one line per run, newest first (by namespace with `-A`).
@@ -286,7 +294,7 @@ pub fn run(run: &WorkflowInstance, now: Timestamp, style: Style) -> String {
         field(&mut out, "Message", &msg);
     }
     if !run.spec.params.is_empty() {
-        let params: Vec<String> = run.spec.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let params: Vec<String> = run.spec.params.iter().map(|(k, v)| escape(&format!("{k}={v}"))).collect();
         field(&mut out, "Parameters", &params.join(" "));
     }
     let mut requests = vec![];
@@ -313,7 +321,9 @@ pub fn run(run: &WorkflowInstance, now: Timestamp, style: Style) -> String {
     }
     out.push('\n');
     let rows = rows(run);
-    if rows.is_empty() {
+    if rows.is_empty() && phase.is_terminal() {
+        out.push_str("No tasks: the run ended before any task started (see Message).\n");
+    } else if rows.is_empty() {
         out.push_str("No tasks yet: the run has not been started by a controller.\n");
     } else {
         let mut cells = vec![];
@@ -444,3 +454,11 @@ pub fn changes(before: Option<&WorkflowInstance>, after: &WorkflowInstance) -> V
 
 #[cfg(test)]
 mod tests;
+
+/// The phase a run ended in, once its owner has seen its latest spec: a
+/// finished run whose `retryFailed` was just raised is about to go on.
+pub fn ended(run: &WorkflowInstance) -> Option<RunPhase> {
+    let status = run.status.as_ref()?;
+    let seen = status.observed_generation.unwrap_or(0) >= run.metadata.generation.unwrap_or(0);
+    status.phase.filter(|p| p.is_terminal() && seen)
+}

@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use baton::api::{RunPhase, Shutdown, WorkflowInstance};
+use baton::api::{RunPhase, WorkflowInstance};
+use baton::steer::{self, Outcome, Request};
 use baton::view::{self, Style};
 use clap::{Parser, Subcommand};
 use k8s_openapi::jiff::Timestamp;
@@ -171,12 +172,17 @@ impl Session {
 
     /// The run, or a failure naming it when it does not exist.
     async fn run(&self, name: &str) -> Result<WorkflowInstance, Failure> {
-        self.runs().get_opt(name).await.map_err(|e| self.failure(e))?.ok_or_else(|| {
-            Failure(format!(
-                "run {name:?} not found in namespace {}; check the name or pass -n (baton list -A shows every run)",
-                self.namespace
-            ))
-        })
+        match self.runs().get(name).await {
+            Ok(run) => Ok(run),
+            // A 404 naming no object: the API server has no such resource.
+            Err(kube::Error::Api(s)) if s.code == 404 && !s.message.contains("the server could not find the requested resource") => {
+                Err(Failure(format!(
+                    "run {name:?} not found in namespace {}; check the name or pass -n (baton list -A shows every run)",
+                    self.namespace
+                )))
+            }
+            Err(e) => Err(self.failure(e)),
+        }
     }
 }
 
@@ -273,9 +279,9 @@ fn style() -> Style {
 
 fn print_object<T: serde::Serialize>(value: &T, yaml: bool) -> Result<(), Failure> {
     if yaml {
-        print!("{}", serde_yaml::to_string(value)?);
+        emit(&serde_yaml::to_string(value)?);
     } else {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(value)?));
     }
     Ok(())
 }
@@ -293,7 +299,7 @@ async fn list(cli: &Cli, all_namespaces: bool, output: Option<ListOutput>) -> Re
             let scope = if all_namespaces { "any namespace".to_string() } else { format!("namespace {}", session.namespace) };
             eprintln!("No runs found in {scope}.");
         }
-        _ => print!("{}", view::list(&runs, all_namespaces, matches!(output, Some(ListOutput::Wide)), Timestamp::now(), style())),
+        _ => emit(&view::list(&runs, all_namespaces, matches!(output, Some(ListOutput::Wide)), Timestamp::now(), style())),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -303,7 +309,7 @@ async fn get(cli: &Cli, name: &str, output: Option<ObjectOutput>) -> Result<Exit
     let run = session.run(name).await?;
     match output {
         Some(o) => print_object(&run, matches!(o, ObjectOutput::Yaml))?,
-        None => print!("{}", view::run(&run, Timestamp::now(), style())),
+        None => emit(&view::run(&run, Timestamp::now(), style())),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -317,7 +323,7 @@ fn ended(run: &WorkflowInstance) -> ExitCode {
 
 async fn watch(cli: &Cli, name: &str) -> Result<ExitCode, Failure> {
     use futures::StreamExt;
-    use kube::runtime::watcher;
+    use kube::runtime::{WatchStreamExt, watcher};
     use std::io::{IsTerminal, Write};
     let session = session(cli).await?;
     let first = session.run(name).await?;
@@ -337,29 +343,36 @@ async fn watch(cli: &Cli, name: &str) -> Result<ExitCode, Failure> {
         let _ = out.flush();
         *last = Some(run.clone());
     };
-    let done = |run: &WorkflowInstance| run.status.as_ref().and_then(|s| s.phase).is_some_and(RunPhase::is_terminal);
     show(&first, &mut last);
-    if done(&first) {
+    if view::ended(&first).is_some() {
         return Ok(ended(&first));
     }
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(session.runs(), config).boxed();
+    let mut events = kube::runtime::watcher::watch_object(session.runs(), name).default_backoff().boxed();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(Ok(watcher::Event::Apply(run) | watcher::Event::InitApply(run))) => {
+                Some(Ok(Some(run))) => {
                     if run.metadata.uid != first.metadata.uid {
                         return Err(Failure(format!("run {name} was deleted and created again; run baton watch again for the new one")));
                     }
                     show(&run, &mut last);
-                    if done(&run) {
+                    if view::ended(&run).is_some() {
                         return Ok(ended(&run));
                     }
                 }
-                Some(Ok(watcher::Event::Delete(_))) => return Err(Failure(format!("run {name} was deleted while being watched"))),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => eprintln!("watch of run {name} interrupted ({e}); resuming"),
+                Some(Ok(None)) => return Err(Failure(format!("run {name} was deleted while being watched"))),
+                // Refusals do not pass by themselves: say what to do.
+                Some(Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)))
+                    if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) =>
+                {
+                    return Err(session.failure(e));
+                }
+                Some(Err(e)) => {
+                    if !terminal {
+                        eprintln!("watch of run {name} interrupted ({e}); resuming");
+                    }
+                }
                 None => return Err(Failure(format!("the watch of run {name} ended; run baton watch again"))),
             },
             _ = tick.tick(), if terminal => {
@@ -413,8 +426,11 @@ fn log_targets(run: &WorkflowInstance, task: Option<&str>, attempt: Option<i32>)
     Ok(targets)
 }
 
+/// Most pods `baton logs -f` follows at once (kubectl's --max-log-requests).
+const MAX_FOLLOWED: usize = 10;
+
 async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: Option<i32>) -> Result<ExitCode, Failure> {
-    use futures::{AsyncBufReadExt, StreamExt};
+    use futures::AsyncReadExt;
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::LogParams;
     let session = session(cli).await?;
@@ -426,50 +442,73 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
     let mut readable = vec![];
     for (key, pod) in targets {
         match pods.get_opt(&pod).await.map_err(|e| session.failure(e))? {
-            Some(p) if baton::objects::controlled_by(&p.metadata, &uid) => readable.push((key, pod, pod_finished(&p))),
+            Some(p) if baton::objects::controlled_by(&p.metadata, &uid) => readable.push((key, p)),
             Some(_) => {
                 return Err(Failure(format!(
-                    "pod {pod} is not run {name}'s (its controller is another object); baton reads no logs of it"
+                    "pod {pod} is not run {name}'s (its controller is another object, so its name collided); baton get {name} shows the task's message"
                 )));
             }
             None if task.is_some() => {
                 return Err(Failure(format!(
-                    "pod {pod} of task {key} is gone (deleted by podGC or by hand); baton get {name} shows its exit code and message"
+                    "pod {pod} of task {key} does not exist: not created yet, or deleted (podGC or by hand); baton get {name} shows its exit code and message"
                 )));
             }
-            None => eprintln!("{key}: pod {pod} is gone (deleted by podGC or by hand)"),
+            None => eprintln!("{key}: pod {pod} does not exist (not created yet, or deleted)"),
         }
     }
+    if readable.is_empty() {
+        return Err(Failure(format!("no pod of run {name} is left to read; baton get {name} shows each task's exit code and message")));
+    }
+    let refused = |key: &str, pod: &str, e: kube::Error| match e {
+        kube::Error::Api(s) if s.code == 400 => Failure(format!("{key}: {}", s.message)),
+        kube::Error::Api(s) if s.code >= 500 => Failure(format!(
+            "{key}: the API server could not fetch the log of pod {pod} from its node ({}); check that the node is up",
+            s.message
+        )),
+        e => session.failure(e),
+    };
+    let params = |p: &Pod, follow: bool| LogParams {
+        follow,
+        // The task's container, by name: injected sidecars make it ambiguous otherwise.
+        container: p.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()),
+        ..Default::default()
+    };
+    // Finished pods are read whole, one after another, in the tree's order.
+    let (running, finished): (Vec<_>, Vec<_>) = readable.into_iter().partition(|(_, p)| follow && !pod_finished(p));
+    for (key, pod) in &finished {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let mut bytes = Vec::new();
+        let mut stream = pods.log_stream(&pod_name, &params(pod, false)).await.map_err(|e| refused(key, &pod_name, e))?;
+        stream.read_to_end(&mut bytes).await.map_err(|e| Failure(format!("{key}: the log stream broke ({e}); run baton logs again")))?;
+        let label = if prefix { format!("{key}: ") } else { String::new() };
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            emit(&format!("{label}{line}\n"));
+        }
+    }
+    if running.len() > MAX_FOLLOWED {
+        return Err(Failure(format!(
+            "{} pods of run {name} are running, more than the {MAX_FOLLOWED} that -f follows at once; name a TASK",
+            running.len()
+        )));
+    }
+    // Running pods are followed together until each ends (a kubelet closes
+    // the stream then, a simulated node does not).
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, Failure>>();
-    for (key, pod, finished) in readable {
-        // A finished pod's log is read whole; a running one is followed
-        // until the pod ends (a kubelet closes the stream then, a simulated
-        // node does not).
-        let follow = follow && !finished;
-        let params = LogParams { follow, ..Default::default() };
+    for (key, pod) in running {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let stream = pods.log_stream(&pod_name, &params(&pod, true)).await.map_err(|e| refused(&key, &pod_name, e));
         let (pods, tx) = (pods.clone(), tx.clone());
         let label = if prefix { format!("{key}: ") } else { String::new() };
-        let refused = |e: kube::Error| match e {
-            kube::Error::Api(s) if s.code == 400 => Failure(format!("{key}: {}", s.message)),
-            kube::Error::Api(s) if s.code >= 500 => Failure(format!(
-                "{key}: the API server could not fetch the log of pod {pod} from its node ({}); check that the node is up",
-                s.message
-            )),
-            e => session.failure(e),
-        };
-        let stream = pods.log_stream(&pod, &params).await.map_err(refused);
         tokio::spawn(async move {
-            let mut lines = match stream {
-                Ok(s) => s.lines(),
+            use futures::AsyncBufReadExt;
+            let mut stream = match stream {
+                Ok(s) => Box::pin(s),
                 Err(f) => return drop(tx.send(Err(f))),
             };
             let ended = async {
-                if !follow {
-                    return std::future::pending().await;
-                }
                 loop {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    match pods.get_opt(&pod).await {
+                    match pods.get_opt(&pod_name).await {
                         Ok(Some(p)) if !pod_finished(&p) => {}
                         Err(_) => {}
                         _ => break,
@@ -479,12 +518,14 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             };
             tokio::pin!(ended);
+            let mut line = Vec::new();
             loop {
+                line.clear();
                 tokio::select! {
-                    line = lines.next() => match line {
-                        Some(Ok(l)) => drop(tx.send(Ok(format!("{label}{l}")))),
-                        Some(Err(e)) => return drop(tx.send(Err(Failure(format!("{key}: the log stream broke ({e}); run baton logs again"))))),
-                        None => return,
+                    read = stream.read_until(b'\n', &mut line) => match read {
+                        Ok(0) => return,
+                        Ok(_) => drop(tx.send(Ok(format!("{label}{}", String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']))))),
+                        Err(e) => return drop(tx.send(Err(Failure(format!("{key}: the log stream broke ({e}); run baton logs again"))))),
                     },
                     _ = &mut ended => return,
                 }
@@ -495,90 +536,39 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
     let mut failed = None;
     while let Some(line) = rx.recv().await {
         match line {
-            Ok(l) => println!("{l}"),
+            Ok(l) => emit(&format!("{l}\n")),
             Err(f) => failed = Some(f),
         }
     }
     failed.map_or(Ok(ExitCode::SUCCESS), Err)
 }
 
+/// Writes to stdout; a reader that went away (`| head`) ends the command
+/// quietly instead of a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 fn pod_finished(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
-/// A request on a run: a merge patch of its spec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Request {
-    Pause,
-    Resume,
-    Stop,
-    Terminate,
-    Retry,
-}
-
+/// A request on a run: a merge patch of its spec (src/steer.rs decides).
 async fn request(cli: &Cli, name: &str, what: Request) -> Result<ExitCode, Failure> {
-    use kube::api::{Patch, PatchParams};
     let session = session(cli).await?;
-    let runs = session.runs();
-    loop {
-        let run = session.run(name).await?;
-        let phase = run.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
-        let spec = &run.spec;
-        let verb = format!("{what:?}").to_lowercase();
-        if what != Request::Retry && phase.is_terminal() {
-            return Err(Failure(format!(
-                "run {name} already ended {}; nothing to {verb} (baton retry re-runs its failed tasks)",
-                phase.as_str()
-            )));
+    session.run(name).await?;
+    match steer::send(&session.runs(), name, what).await.map_err(|e| session.failure(e))? {
+        Outcome::Requested(message) | Outcome::Nothing(message) => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
         }
-        let (patch, asked) = match what {
-            Request::Pause | Request::Resume => {
-                let suspend = what == Request::Pause;
-                if spec.suspend == suspend {
-                    println!("run {name} already has spec.suspend={suspend}; nothing to change");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                (serde_json::json!({"spec": {"suspend": suspend}}), format!("spec.suspend={suspend}"))
-            }
-            Request::Stop | Request::Terminate => {
-                let value = if what == Request::Stop { Shutdown::Stop } else { Shutdown::Terminate };
-                if spec.shutdown == value {
-                    println!("run {name} already has spec.shutdown={value:?}; the owner is ending it");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                (serde_json::json!({"spec": {"shutdown": value}}), format!("spec.shutdown={value:?}"))
-            }
-            Request::Retry => {
-                if !phase.is_terminal() {
-                    return Err(Failure(format!(
-                        "run {name} is still {}; retry re-runs the failed tasks of a finished run, wait for it to end",
-                        phase.as_str()
-                    )));
-                }
-                if phase == RunPhase::Succeeded {
-                    return Err(Failure(format!("run {name} Succeeded; it has no failed or stopped task to retry")));
-                }
-                let next = spec.retry_failed + 1;
-                // The resourceVersion makes two retries at once count twice,
-                // never once.
-                let rv = run.metadata.resource_version.clone();
-                let mut patch = serde_json::json!({"metadata": {"resourceVersion": rv}, "spec": {"retryFailed": next}});
-                let mut asked = format!("spec.retryFailed={next}");
-                if spec.shutdown.requested() {
-                    patch["spec"]["shutdown"] = serde_json::json!("");
-                    asked.push_str(", spec.shutdown cleared");
-                }
-                (patch, asked)
-            }
-        };
-        match runs.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                println!("requested {verb} of run {}/{name}: {asked}", session.namespace);
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(session.failure(e)),
-        }
+        Outcome::Refused(message) => Err(Failure(message)),
     }
 }
 
@@ -644,7 +634,8 @@ async fn main() -> ExitCode {
         Command::Ui { port } => ui(&cli, *port).await,
     };
     result.unwrap_or_else(|Failure(message)| {
-        eprintln!("error: {message}");
+        // One line, whatever an API server or webhook put in its message.
+        eprintln!("error: {}", message.split_whitespace().collect::<Vec<_>>().join(" "));
         ExitCode::from(1)
     })
 }

@@ -282,27 +282,12 @@ function timeline(run) {
   return h('div', { class: 'timeline' }, el);
 }
 
-/** The requests of the CLI: a merge patch of spec, sent with the UI's write header. */
+/** What `baton pause|resume|stop|retry` does, made by the server as the user; throws its refusal. */
 async function request(ns, name, what) {
-  const patch = (body) => api(runPath(ns, name), {
-    method: 'PATCH',
-    headers: { 'Content-Type': 'application/merge-patch+json', 'X-Baton-UI': '1' },
-    body: JSON.stringify(body),
-  });
-  if (what === 'pause') return patch({ spec: { suspend: true } });
-  if (what === 'resume') return patch({ spec: { suspend: false } });
-  if (what === 'stop') return patch({ spec: { shutdown: 'Stop' } });
-  for (let i = 0; i < 5; i++) {
-    const run = await api(runPath(ns, name));
-    const spec = { retryFailed: (run.spec.retryFailed || 0) + 1 };
-    if (run.spec.shutdown) spec.shutdown = '';
-    try {
-      return await patch({ metadata: { resourceVersion: run.metadata.resourceVersion }, spec });
-    } catch (e) {
-      if (e.code !== 409) throw e;
-    }
-  }
-  throw new Error('the run kept changing; try again');
+  const r = await fetch(`/ui/request?${new URLSearchParams({ namespace: ns, name, what })}`, { method: 'POST', headers: { 'X-Baton-UI': '1' } });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.message || r.statusText);
+  return body.message;
 }
 
 function runPage(ns, name) {
@@ -315,6 +300,7 @@ function runPage(ns, name) {
   $('#page').replaceChildren(head, graphBox, tasksBox, timeBox, condBox, eventsBox);
   const open = (task) => { location.hash = `#/task/${enc(ns)}/${enc(name)}/${enc(task)}`; };
   let lastEvents = 0;
+  let said = '';
   const events = () => {
     if (Date.now() - lastEvents < 2000) return;
     lastEvents = Date.now();
@@ -335,7 +321,7 @@ function runPage(ns, name) {
     const ended = TERMINAL.includes(phase);
     const button = (id, label, enabled) => h('button', {
       id, disabled: !enabled,
-      onclick: () => request(ns, name, id).then(() => showError('')).catch((e) => showError(e.message)),
+      onclick: () => request(ns, name, id).then((m) => { showError(''); said = m; $('#said').textContent = m; }).catch((e) => showError(e.message)),
     }, label);
     const requests = [run.spec.suspend && 'suspend=true', run.spec.shutdown && `shutdown=${run.spec.shutdown}`, run.spec.retryFailed && `retryFailed=${run.spec.retryFailed}`].filter(Boolean);
     head.replaceChildren(
@@ -350,7 +336,8 @@ function runPage(ns, name) {
         h('dt', {}, 'Requests'), h('dd', {}, requests.join(' ') || '-')),
       h('div', { class: 'buttons' },
         button('pause', 'Pause', !ended && !run.spec.suspend), button('resume', 'Resume', !ended && run.spec.suspend),
-        button('stop', 'Stop', !ended && run.spec.shutdown !== 'Stop'), button('retry', 'Retry', ended && phase !== 'Succeeded')),
+        button('stop', 'Stop', !ended && !run.spec.shutdown), button('retry', 'Retry', ended && phase !== 'Succeeded'),
+        h('span', { id: 'said', class: 'muted' }, said)),
     );
     graphBox.replaceChildren(h('h2', {}, 'Graph'), graph(run, open));
     tasksBox.replaceChildren(h('h2', {}, 'Tasks'), h('table', { id: 'tasks' },

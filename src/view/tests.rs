@@ -193,3 +193,49 @@ fn one_line_cuts_long_and_multi_line_text() {
     assert_eq!(one_line("first\nsecond\n", 80), "first …");
     assert_eq!(one_line("only\n", 80), "only");
 }
+
+// Found by the adversarial review of the command line (helper 11).
+
+#[test]
+fn review_a_run_not_yet_caught_up_with_a_request_has_not_ended() {
+    let mut run = diamond();
+    let status = run.status.as_mut().unwrap();
+    status.phase = Some(RunPhase::Failed);
+    status.observed_generation = Some(1);
+    run.metadata.generation = Some(2);
+    assert_eq!(ended(&run), None, "a retry the owner has not seen yet: the run is about to go on");
+    run.status.as_mut().unwrap().observed_generation = Some(2);
+    assert_eq!(ended(&run), Some(RunPhase::Failed));
+    run.status.as_mut().unwrap().phase = Some(RunPhase::Running);
+    assert_eq!(ended(&run), None);
+}
+
+#[test]
+fn review_text_from_pods_cannot_drive_the_terminal() {
+    let mut run = diamond();
+    let b = &mut run.status.as_mut().unwrap().tasks[2];
+    b.message = Some("evil\x1b]0;owned\x07\rline".into());
+    run.spec.params.insert("multi".into(), "one\ntwo".into());
+    let text = super::run(&run, at("2026-11-22T10:01:00Z"), Style { color: false });
+    assert!(!text.contains('\x1b') && !text.contains('\r') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("multi=one\\ntwo"), "{text}");
+    let lines = changes(None, &run);
+    assert!(lines.iter().all(|l| !l.chars().any(char::is_control)), "{lines:?}");
+}
+
+#[test]
+fn review_a_message_that_starts_with_a_newline_shows_its_text() {
+    assert_eq!(one_line("\nError: disk full\n", 80), "Error: disk full");
+    assert_eq!(one_line("\n\nfirst\nsecond", 80), "first …");
+}
+
+#[test]
+fn review_a_run_that_ended_before_any_task_says_so() {
+    let mut run = diamond();
+    let status = run.status.as_mut().unwrap();
+    status.tasks.clear();
+    status.workflow_spec = None;
+    status.phase = Some(RunPhase::Failed);
+    let text = super::run(&run, at("2026-11-22T10:01:00Z"), Style { color: false });
+    assert!(text.contains("No tasks: the run ended before any task started"), "{text}");
+}
