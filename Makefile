@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # end-to-end tests configure them); `make build` and the benchmarks do not.
 TEST_FEATURES := --features failpoints
 
-.PHONY: all build crds test browser bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
+.PHONY: all build crds test browser bench-ui screenshots bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
 
 all: build
 
@@ -87,6 +87,14 @@ bench-webhook: cluster-up
 ## workload and writes target/bench-compare.md.
 bench-compare: cluster-up argo
 	$(CARGO) bench --bench compare
+
+## baton ui's first paint, and the page of a run of 1,000 tasks, in headless chromium.
+bench-ui: cluster-up browser
+	$(CARGO) bench --bench ui
+
+## The screenshot in README.md (docs/ui-run.png), taken by the UI's end-to-end test.
+screenshots: cluster-up browser
+	UI_SCREENSHOT_DIR=$(CURDIR)/docs $(CARGO) test --test e2e -- ui::the_ui_shows_a_live_diamond_and_stops_it
 
 ## The pinned Argo workflow-controller (e2e/harness/argo/go.mod), built once into the e2e cache.
 argo:

@@ -2,71 +2,15 @@
 //! chromedriver by WebDriver): the runs page, a diamond's graph whose
 //! colours follow its tasks, the Stop button, and a user whom RBAC refuses.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use baton::api::{RunPhase, Shutdown, WorkflowInstance};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use kube::api::Api;
 
+use crate::browser::{browser, start_ui};
 use crate::runs::{run, task, wait_phase, workflow};
 use crate::support::{TestNs, kubeconfig, state_dir, wait_for};
-
-/// A child process killed when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `baton ui` with `kubeconfig`, and the URL it printed.
-fn start_ui(kubeconfig: &std::path::Path, ns: &TestNs) -> (Killed, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", &ns.name, "ui"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start baton ui");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url =
-        line.split_whitespace().find(|w| w.starts_with("http://127.0.0.1:")).unwrap_or_else(|| panic!("no URL in {line:?}")).to_string();
-    (Killed(child), url)
-}
-
-/// A headless chromium session through a chromedriver of its own.
-async fn browser() -> (Killed, Client) {
-    let port = free_port();
-    let driver = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (make test installs Debian's chromium-driver)");
-    let driver = Killed(driver);
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
-    );
-    let client = wait_for("chromedriver to start a session", Duration::from_secs(30), || {
-        let caps = caps.clone();
-        async move {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await.map_err(|e| e.to_string())
-        }
-    })
-    .await;
-    (driver, client)
-}
 
 /// Waits until `script` (a JavaScript expression) is true in the page.
 async fn until(c: &Client, what: &str, script: &str) {
@@ -96,7 +40,7 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
     let slow = |name: &str, deps: &[&str]| task(name, deps, "3s", 0, "");
     ns.apply(&workflow("dia", "", &[slow("a", &[]), slow("b", &["a"]), slow("c", &["a"]), task("d", &["b", "c"], "60s", 0, "")]));
     ns.apply(&run("dia-1", "dia", ""));
-    let (_ui, url) = start_ui(kubeconfig(), &ns);
+    let (_ui, url) = start_ui(kubeconfig(), &ns.name);
     let (_driver, c) = browser().await;
 
     c.goto(&format!("{url}#/runs")).await.unwrap();
@@ -128,6 +72,13 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
     let stopped = api.get("dia-1").await.unwrap();
     assert_eq!(stopped.spec.shutdown, Shutdown::Stop);
     assert_eq!(stopped.status.unwrap().phase, Some(RunPhase::Stopped));
+    assert!(c.find(Locator::Id("said")).await.unwrap().text().await.unwrap().contains("spec.shutdown=Stop"), "the page says what it asked");
+
+    // A task's page: its attempts and the log of its pod.
+    c.find(Locator::Css("g.node[data-task=\"a\"]")).await.unwrap().click().await.unwrap();
+    until(&c, "task a's log", "(document.querySelector('#log') || {}).textContent?.includes('simulated by kwok')").await;
+    let attempts = c.find(Locator::Css("#attempts")).await.unwrap().text().await.unwrap();
+    assert!(attempts.contains("attempt 0") && attempts.contains("dia-1-a-0") && attempts.contains("exit 0"), "{attempts}");
     c.close().await.unwrap();
     ns.done().await;
 }
@@ -140,7 +91,7 @@ async fn a_user_without_patch_rights_sees_the_refusal_in_the_page() {
     ns.apply(&run("s-1", "slow", ""));
     wait_phase(&ns, "s-1", |p| p == RunPhase::Running).await;
     let viewer = crate::cli::viewer_kubeconfig(&ns);
-    let (_ui, url) = start_ui(&viewer, &ns);
+    let (_ui, url) = start_ui(&viewer, &ns.name);
     let (_driver, c) = browser().await;
     c.goto(&format!("{url}#/run/{}/s-1", ns.name)).await.unwrap();
     until(&c, "the run page", "document.querySelector('#pause') && !document.querySelector('#pause').disabled").await;

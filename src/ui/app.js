@@ -186,6 +186,7 @@ function runsPage(query) {
         h('td', {}, age(r.metadata.creationTimestamp)), h('td', {}, span(st.startedAt, st.finishedAt)));
     }));
     if (!runs.length) body.replaceChildren(h('tr', {}, h('td', { colspan: 8, class: 'muted' }, 'No runs.')));
+    if (!performance.getEntriesByName('baton:runs').length) performance.mark('baton:runs');
   });
 }
 
@@ -340,6 +341,8 @@ function runPage(ns, name) {
         h('span', { id: 'said', class: 'muted' }, said)),
     );
     graphBox.replaceChildren(h('h2', {}, 'Graph'), graph(run, open));
+    // For `make bench-ui`: when the graph was first drawn.
+    if (!performance.getEntriesByName('baton:graph').length) performance.mark('baton:graph');
     tasksBox.replaceChildren(h('h2', {}, 'Tasks'), h('table', { id: 'tasks' },
       h('thead', {}, h('tr', {}, ...['Task', 'Phase', 'Attempts', 'Duration', 'Pod / child run', 'Exit', 'Message / result'].map((c) => h('th', {}, c)))),
       h('tbody', {}, (st.tasks || []).map((t) => h('tr', { 'data-task': t.name },

@@ -1,0 +1,67 @@
+//! A headless chromium driven through chromedriver (WebDriver), and
+//! `baton ui` to point it at: shared by the UI's end-to-end tests and
+//! `make bench-ui`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder};
+
+use crate::support::wait_for;
+
+/// A child process killed when the test ends, however it ends.
+pub struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `baton ui` with `kubeconfig`, and the URL it printed.
+pub fn start_ui(kubeconfig: &std::path::Path, namespace: &str) -> (Killed, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", namespace, "ui"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start baton ui");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url =
+        line.split_whitespace().find(|w| w.starts_with("http://127.0.0.1:")).unwrap_or_else(|| panic!("no URL in {line:?}")).to_string();
+    (Killed(child), url)
+}
+
+/// A headless chromium session through a chromedriver of its own.
+pub async fn browser() -> (Killed, Client) {
+    let port = free_port();
+    let driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (make test installs Debian's chromium-driver)");
+    let driver = Killed(driver);
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
+    );
+    let client = wait_for("chromedriver to start a session", Duration::from_secs(30), || {
+        let caps = caps.clone();
+        async move {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await.map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    (driver, client)
+}
+
