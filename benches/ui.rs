@@ -87,7 +87,10 @@ async fn main() {
     let run_url = format!("{url}#/run/{}/big-1", ns.name);
     let (run_fcp, run_drawn) = measure(&c, &run_url, "baton:graph", loads).await;
     let nodes = c.execute("return document.querySelectorAll('svg g.node').length", vec![]).await.unwrap();
-    let size = c.execute("const s = document.querySelector('.graph svg'); return [s.width.baseVal.value, s.height.baseVal.value]", vec![]).await.unwrap();
+    let size = c
+        .execute("const s = document.querySelector('.graph svg'); return [s.width.baseVal.value, s.height.baseVal.value]", vec![])
+        .await
+        .unwrap();
     println!("baton ui, headless chromium, local control plane, median of {loads} fresh loads (ms from navigation start):");
     println!("| page | first contentful paint | content drawn |");
     println!("|---|---|---|");

@@ -10,12 +10,21 @@ use fantoccini::{Client, ClientBuilder};
 
 use crate::support::wait_for;
 
-/// A child process killed when the test ends, however it ends.
+/// A child process, in a process group of its own, killed with everything
+/// it started (chromedriver's chromium) when the test ends, however it ends.
 pub struct Killed(Child);
+
+impl Killed {
+    fn spawn(command: &mut Command) -> std::io::Result<Killed> {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0).spawn().map(Killed)
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -26,29 +35,25 @@ fn free_port() -> u16 {
 
 /// `baton ui` with `kubeconfig`, and the URL it printed.
 pub fn start_ui(kubeconfig: &std::path::Path, namespace: &str) -> (Killed, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", namespace, "ui"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start baton ui");
+    let mut child = Killed::spawn(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", namespace, "ui"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    )
+    .expect("start baton ui");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url =
         line.split_whitespace().find(|w| w.starts_with("http://127.0.0.1:")).unwrap_or_else(|| panic!("no URL in {line:?}")).to_string();
-    (Killed(child), url)
+    (child, url)
 }
 
 /// A headless chromium session through a chromedriver of its own.
 pub async fn browser() -> (Killed, Client) {
     let port = free_port();
-    let driver = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let driver = Killed::spawn(Command::new("chromedriver").arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()))
         .expect("chromedriver (make test installs Debian's chromium-driver)");
-    let driver = Killed(driver);
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -64,4 +69,3 @@ pub async fn browser() -> (Killed, Client) {
     .await;
     (driver, client)
 }
-

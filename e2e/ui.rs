@@ -37,13 +37,15 @@ async fn node_phases(c: &Client) -> Vec<(String, String)> {
 async fn the_ui_shows_a_live_diamond_and_stops_it() {
     let ns = TestNs::new("ui").await;
     let _c = ns.controller("alpha");
-    let slow = |name: &str, deps: &[&str]| task(name, deps, "3s", 0, "");
+    let slow = |name: &str, deps: &[&str]| task(name, deps, "6s", 0, "");
     ns.apply(&workflow("dia", "", &[slow("a", &[]), slow("b", &["a"]), slow("c", &["a"]), task("d", &["b", "c"], "60s", 0, "")]));
-    ns.apply(&run("dia-1", "dia", ""));
     let (_ui, url) = start_ui(kubeconfig(), &ns.name);
     let (_driver, c) = browser().await;
 
+    // The runs page lists a run created while it is open.
     c.goto(&format!("{url}#/runs")).await.unwrap();
+    until(&c, "the runs page", "document.querySelector('#runs')").await;
+    ns.apply(&run("dia-1", "dia", ""));
     until(&c, "the runs page to list dia-1", "document.querySelector('tr[data-run=\"dia-1\"] a')").await;
     c.find(Locator::Css("tr[data-run=\"dia-1\"] a")).await.unwrap().click().await.unwrap();
     until(&c, "the graph's four task nodes", "document.querySelectorAll('svg g.node').length === 4").await;
@@ -61,6 +63,12 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
     let fill = c.execute("return getComputedStyle(document.querySelector('g.node[data-task=\"a\"] rect')).fill", vec![]).await.unwrap();
     assert_eq!(fill, serde_json::json!("rgb(26, 127, 55)"), "a Succeeded node is green");
     until(&c, "d to be shown Running", "document.querySelector('g.node[data-task=\"d\"]').dataset.phase === 'Running'").await;
+    until(
+        &c,
+        "the timeline to show the attempts' pods",
+        "document.querySelector('.timeline') && document.querySelector('.timeline').textContent.includes('d #0')",
+    )
+    .await;
     let shot = c.screenshot().await.unwrap();
     let dir = std::env::var_os("UI_SCREENSHOT_DIR").map_or_else(|| state_dir().join("screenshots"), std::path::PathBuf::from);
     std::fs::create_dir_all(&dir).unwrap();
@@ -79,6 +87,18 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
     until(&c, "task a's log", "(document.querySelector('#log') || {}).textContent?.includes('simulated by kwok')").await;
     let attempts = c.find(Locator::Css("#attempts")).await.unwrap().text().await.unwrap();
     assert!(attempts.contains("attempt 0") && attempts.contains("dia-1-a-0") && attempts.contains("exit 0"), "{attempts}");
+
+    // Workflows with their schedules.
+    ns.apply(&workflow("nightly", "  schedule: {cron: \"0 2 * * *\", timeZone: Europe/Berlin}\n", &[task("a", &[], "1s", 0, "")]));
+    c.goto(&format!("{url}#/workflows")).await.unwrap();
+    until(
+        &c,
+        "the schedule's next tick",
+        "[...document.querySelectorAll('#workflows td')].some(td => /^20\\d\\d-\\d\\d-\\d\\dT0[01]:00:00Z$/.test(td.textContent))",
+    )
+    .await;
+    let table = c.find(Locator::Id("workflows")).await.unwrap().text().await.unwrap();
+    assert!(table.contains("0 2 * * * (Europe/Berlin)") && table.contains("dia"), "{table}");
     c.close().await.unwrap();
     ns.done().await;
 }
@@ -102,5 +122,64 @@ async fn a_user_without_patch_rights_sees_the_refusal_in_the_page() {
     let api: Api<WorkflowInstance> = ns.api();
     assert!(!api.get("s-1").await.unwrap().spec.suspend, "nothing was changed");
     c.close().await.unwrap();
+    ns.done().await;
+}
+
+/// One raw HTTP request to `baton ui`: the status, the headers (lower
+/// case) and the body.
+fn raw(url: &str, request: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.replace("ADDR", addr).as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, head.to_lowercase(), body.to_string())
+}
+
+#[tokio::test]
+async fn only_the_browser_with_the_printed_token_gets_in() {
+    let ns = TestNs::new("ui-gate").await;
+    let (_ui, url) = start_ui(kubeconfig(), &ns.name);
+    let token = url.split("token=").nth(1).unwrap();
+    let get = |path: &str, headers: &str| raw(&url, &format!("GET {path} HTTP/1.1\r\nHost: ADDR\r\n{headers}Connection: close\r\n\r\n"));
+    let list = format!("/k8s/apis/baton.dev/v1alpha1/namespaces/{}/workflowinstances", ns.name);
+
+    // Without the cookie: neither the page nor the API (another local user, another site).
+    let (code, _, body) = get(&list, "");
+    assert!(code == 403 && body.contains("open the URL that baton ui printed"), "{code} {body}");
+    assert_eq!(get("/", "").0, 403);
+    assert_eq!(get("/?token=guess", "").0, 403);
+    // The printed URL sets the cookie and drops the token from the address.
+    let (code, head, _) = get(&format!("/?token={token}"), "");
+    assert!(code == 303 && head.contains("location: /\r\n"), "{code} {head}");
+    assert!(head.contains(&format!("set-cookie: baton-ui={token}; path=/; httponly; samesite=strict")), "{head}");
+    let cookie = format!("Cookie: baton-ui={token}\r\n");
+    let (code, head, body) = get(&list, &cookie);
+    assert!(code == 200 && body.contains("WorkflowInstanceList"), "{code} {body}");
+    assert!(
+        head.contains("x-frame-options: deny")
+            && head.contains("frame-ancestors 'none'")
+            && head.contains("x-content-type-options: nosniff"),
+        "{head}"
+    );
+    assert!(!head.contains("audit-id") && !head.contains("x-kubernetes-pf"), "only the type of the API server's answer passes: {head}");
+
+    // Another name for the server (DNS rebinding), reads it does not forward, requests without its header.
+    let rebound = raw(&url, &format!("GET {list} HTTP/1.1\r\nHost: evil.example\r\n{cookie}Connection: close\r\n\r\n"));
+    assert_eq!(rebound.0, 403);
+    let (code, _, body) = get(&format!("/k8s/api/v1/namespaces/{}/secrets", ns.name), &cookie);
+    assert!(code == 403 && body.contains("does not forward"), "{code} {body}");
+    let post = |query: &str, headers: &str| {
+        raw(&url, &format!("POST /ui/request?{query} HTTP/1.1\r\nHost: ADDR\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"))
+    };
+    let stop = format!("namespace={}&name=r&what=stop", ns.name);
+    assert_eq!(post(&stop, &cookie).0, 403, "no X-Baton-UI header");
+    assert_eq!(post(&stop, "X-Baton-UI: 1\r\n").0, 403, "no cookie");
+    let (code, _, body) = post(&format!("namespace={}&name=x/../../secrets&what=stop", ns.name), &format!("{cookie}X-Baton-UI: 1\r\n"));
+    assert!(code == 400 && body.contains("is not the name of a run"), "{code} {body}");
     ns.done().await;
 }

@@ -575,10 +575,10 @@ async fn request(cli: &Cli, name: &str, what: Request) -> Result<ExitCode, Failu
 async fn ui(cli: &Cli, port: u16) -> Result<ExitCode, Failure> {
     let session = session(cli).await?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let (bound, server) = baton::ui::serve(addr, session.client.clone(), session.namespace.clone())
+    let (url, server) = baton::ui::serve(addr, session.client.clone(), session.namespace.clone())
         .await
         .map_err(|e| Failure(format!("cannot listen on {addr}: {e}; pick another --port")))?;
-    println!("baton ui: http://{bound}/ (API server {}, as your kubeconfig's user; Ctrl-C stops it)", session.server);
+    println!("baton ui: {url} (API server {}, as your kubeconfig's user; open it in one browser; Ctrl-C stops it)", session.server);
     tokio::select! {
         served = server => served.map_err(|e| Failure(format!("the UI server stopped: {e}")))?,
         _ = tokio::signal::ctrl_c() => {}

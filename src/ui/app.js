@@ -40,12 +40,14 @@ function setLive(on) {
   $('#live').textContent = on ? '● live' : '○ reconnecting';
 }
 
-/** A request to the API server through the proxy; throws the API server's message. */
+/** A request to the API server through the proxy; throws the API server's message. Logs come back as text. */
 async function api(path, opts = {}) {
   const r = await fetch('/k8s' + path, { ...opts, headers: { Accept: 'application/json', ...(opts.headers || {}) } });
   const text = await r.text();
   let body = text;
-  try { body = JSON.parse(text); } catch (_) { /* a log, or plain text */ }
+  if (!opts.text || !r.ok) {
+    try { body = JSON.parse(text); } catch (_) { /* plain text */ }
+  }
   if (!r.ok) {
     const err = new Error((body && body.message) || text || r.statusText);
     err.code = r.status;
@@ -71,6 +73,7 @@ function live(path, changed) {
   const ctl = new AbortController();
   let closed = false;
   let queued = false;
+  let failures = 0;
   leaving.push(() => { closed = true; ctl.abort(); });
   const notify = () => {
     if (queued) return;
@@ -82,6 +85,8 @@ function live(path, changed) {
     while (!closed) {
       try {
         const list = await api(path, { signal: ctl.signal });
+        if (failures) showError('');
+        failures = 0;
         items.clear();
         for (const o of list.items) items.set(key(o), o);
         notify();
@@ -113,7 +118,9 @@ function live(path, changed) {
         if (closed) return;
         setLive(false);
         if (e.code) showError(e.message);
-        await sleep(1000);
+        // Backs off to 30 s, as client-go's reflector does.
+        failures += 1;
+        await sleep(Math.min(30000, 500 * 2 ** failures));
       }
     }
   })();
@@ -254,25 +261,54 @@ function graph(run, open) {
     g.addEventListener('click', () => open(t.name));
     svgEl.append(g);
   });
-  return h('div', { class: 'graph' }, svgEl);
+  return svgEl;
 }
 
-function timeline(run) {
+const POD_PHASE = { Succeeded: 'Succeeded', Failed: 'Failed', Running: 'Running' };
+
+/**
+ * Bars of the timeline: one per attempt whose pod still exists (its start
+ * and end as the kubelet reported them), and the current attempt from
+ * status for a task without one (a child run, or a pod podGC deleted).
+ */
+function attempts(run, pods) {
   const st = run.status || {};
-  const bars = (st.tasks || []).filter((t) => t.startedAt);
+  const bars = [];
+  const covered = new Set();
+  for (const p of pods) {
+    const l = p.metadata.labels || {};
+    const key = l['baton.dev/item'] !== undefined ? `${l['baton.dev/task']}(${l['baton.dev/item']})` : l['baton.dev/task'];
+    const attempt = Number(l['baton.dev/attempt']);
+    const term = ((((p.status || {}).containerStatuses || [])[0] || {}).state || {}).terminated;
+    const start = (p.status && p.status.startTime) || p.metadata.creationTimestamp;
+    const phase = POD_PHASE[(p.status || {}).phase] || 'Pending';
+    bars.push({ label: `${key} #${attempt}`, start, end: term ? term.finishedAt : null, phase, title: `${key}, attempt ${attempt} (pod ${p.metadata.name}): ${phase}` });
+    if (attempt === ((st.tasks || []).find((t) => t.name === key) || {}).attempts - 1) covered.add(key);
+  }
+  for (const t of st.tasks || []) {
+    if (!t.startedAt || covered.has(t.name)) continue;
+    bars.push({ label: `${t.name} #${(t.attempts || 1) - 1}`, start: t.startedAt, end: t.finishedAt, phase: t.phase, title: `${t.name}, attempt ${(t.attempts || 1) - 1}: ${t.phase}` });
+  }
+  return bars.sort((a, b) => Date.parse(a.start) - Date.parse(b.start) || a.label.localeCompare(b.label));
+}
+
+function timeline(run, pods) {
+  const st = run.status || {};
+  const bars = attempts(run, pods);
   if (!bars.length) return h('p', { class: 'muted' }, 'No task has started yet.');
-  const t0 = Math.min(Date.parse(st.startedAt || bars[0].startedAt), ...bars.map((t) => Date.parse(t.startedAt)));
-  const t1 = Math.max(st.finishedAt ? Date.parse(st.finishedAt) : Date.now(), ...bars.map((t) => Date.parse(t.finishedAt || 0)));
+  const t0 = Math.min(Date.parse(st.startedAt || bars[0].start), ...bars.map((b) => Date.parse(b.start)));
+  const t1 = Math.max(st.finishedAt ? Date.parse(st.finishedAt) : Date.now(), ...bars.map((b) => Date.parse(b.end || 0)));
   const W = 900, L = 160, RH = 18;
   const x = (t) => L + ((t - t0) / Math.max(1, t1 - t0)) * (W - L - 10);
   const height = 30 + bars.length * RH;
   const el = s('svg', { width: W, height, role: 'img', 'aria-label': 'timeline' });
-  bars.forEach((t, i) => {
+  bars.forEach((b, i) => {
     const y = 20 + i * RH;
-    const end = t.finishedAt ? Date.parse(t.finishedAt) : Date.now();
-    el.append(s('text', { x: 4, y: y + 12 }, `${t.name} #${t.attempts || 1}`),
-      s('rect', { class: `bar phase-${t.phase}`, x: x(Date.parse(t.startedAt)), y: y + 2, width: Math.max(2, x(end) - x(Date.parse(t.startedAt))), height: RH - 5 },
-        s('title', {}, `${t.name}, attempt ${t.attempts || 1}: ${t.phase}, ${span(t.startedAt, t.finishedAt)}`)));
+    const start = Date.parse(b.start);
+    const end = b.end ? Date.parse(b.end) : Date.now();
+    el.append(s('text', { x: 4, y: y + 12 }, b.label),
+      s('rect', { class: `bar phase-${b.phase}`, x: x(start), y: y + 2, width: Math.max(2, x(end) - x(start)), height: RH - 5 },
+        s('title', {}, `${b.title}, ${span(b.start, b.end)}`)));
   });
   for (const o of st.ownerHistory || []) {
     const t = Date.parse(o.since);
@@ -293,23 +329,40 @@ async function request(ns, name, what) {
 
 function runPage(ns, name) {
   const head = h('div');
-  const graphBox = h('section', {}, h('h2', {}, 'Graph'));
+  const buttons = h('div', { class: 'buttons' });
+  const graphBox = h('div', { class: 'graph' });
   const tasksBox = h('section');
   const timeBox = h('section');
   const condBox = h('section');
   const eventsBox = h('section', {}, h('h2', {}, 'Events'));
-  $('#page').replaceChildren(head, graphBox, tasksBox, timeBox, condBox, eventsBox);
+  $('#page').replaceChildren(head, buttons, h('section', {}, h('h2', {}, 'Graph'), graphBox), tasksBox, timeBox, condBox, eventsBox);
   const open = (task) => { location.hash = `#/task/${enc(ns)}/${enc(name)}/${enc(task)}`; };
-  let lastEvents = 0;
+  const here = page;
   let said = '';
-  const events = () => {
-    if (Date.now() - lastEvents < 2000) return;
-    lastEvents = Date.now();
-    api(`/api/v1/namespaces/${enc(ns)}/events?fieldSelector=${enc(`involvedObject.name=${name}`)}`).then((l) => {
-      const rows = l.items.sort((a, b) => Date.parse(b.lastTimestamp || b.eventTime || 0) - Date.parse(a.lastTimestamp || a.eventTime || 0))
+  let pods = [];
+  let latest = null;
+  let buttonState = '';
+  let watching = null;
+  const drawTimeline = () => {
+    if (latest) timeBox.replaceChildren(h('h2', {}, 'Timeline (task attempts; dashed: owner changes)'), timeline(latest, pods));
+  };
+  /** The run's pods and Events, watched by its UID once it is known (a run re-created under the name has others). */
+  const follow = (uid) => {
+    if (watching === uid) return;
+    watching = uid;
+    // The label holds the run's name when it has at most 63 characters (the controller shortens longer ones).
+    if (name.length <= 63) {
+      live(`/api/v1/namespaces/${enc(ns)}/pods?labelSelector=${enc(`baton.dev/instance=${name}`)}`, (items) => {
+        pods = [...items.values()].filter((p) => (p.metadata.ownerReferences || []).some((o) => o.controller && o.uid === uid));
+        drawTimeline();
+      });
+    }
+    live(`/api/v1/namespaces/${enc(ns)}/events?fieldSelector=${enc(`involvedObject.uid=${uid}`)}`, (items) => {
+      const when = (e) => Date.parse(e.lastTimestamp || e.eventTime || e.metadata.creationTimestamp || 0);
+      const rows = [...items.values()].sort((a, b) => when(b) - when(a))
         .map((e) => h('tr', {}, h('td', {}, e.type), h('td', {}, e.reason), h('td', {}, age(e.lastTimestamp || e.eventTime)), h('td', {}, e.message)));
       eventsBox.replaceChildren(h('h2', {}, 'Events'), h('table', { id: 'events' }, h('thead', {}, h('tr', {}, ...['Type', 'Reason', 'Age', 'Message'].map((c) => h('th', {}, c)))), h('tbody', {}, rows)));
-    }).catch((e) => eventsBox.replaceChildren(h('h2', {}, 'Events'), h('p', { class: 'muted' }, e.message)));
+    });
   };
   live(`${GROUP}/namespaces/${enc(ns)}/workflowinstances?fieldSelector=${enc(`metadata.name=${name}`)}`, (items) => {
     const run = items.get(`${ns}/${name}`);
@@ -317,13 +370,10 @@ function runPage(ns, name) {
       head.replaceChildren(h('h1', {}, name), h('p', { class: 'muted' }, `No run ${name} in namespace ${ns}.`));
       return;
     }
+    follow(run.metadata.uid);
     const st = run.status || {};
     const phase = phaseOf(run);
     const ended = TERMINAL.includes(phase);
-    const button = (id, label, enabled) => h('button', {
-      id, disabled: !enabled,
-      onclick: () => request(ns, name, id).then((m) => { showError(''); said = m; $('#said').textContent = m; }).catch((e) => showError(e.message)),
-    }, label);
     const requests = [run.spec.suspend && 'suspend=true', run.spec.shutdown && `shutdown=${run.spec.shutdown}`, run.spec.retryFailed && `retryFailed=${run.spec.retryFailed}`].filter(Boolean);
     head.replaceChildren(
       h('h1', {}, name, ' ', h('span', { id: 'run-phase', 'data-phase': phase }, badge(phase))),
@@ -334,13 +384,26 @@ function runPage(ns, name) {
         h('dt', {}, 'Owner'), h('dd', { id: 'owner' }, st.owner ? `${st.owner.controller} (epoch ${st.owner.epoch}, since ${st.owner.since})` : 'none yet'),
         h('dt', {}, 'Started'), h('dd', {}, st.startedAt || '-'),
         h('dt', {}, 'Duration'), h('dd', {}, span(st.startedAt, st.finishedAt)),
-        h('dt', {}, 'Requests'), h('dd', {}, requests.join(' ') || '-')),
-      h('div', { class: 'buttons' },
-        button('pause', 'Pause', !ended && !run.spec.suspend), button('resume', 'Resume', !ended && run.spec.suspend),
-        button('stop', 'Stop', !ended && !run.spec.shutdown), button('retry', 'Retry', ended && phase !== 'Succeeded'),
-        h('span', { id: 'said', class: 'muted' }, said)),
-    );
-    graphBox.replaceChildren(h('h2', {}, 'Graph'), graph(run, open));
+        h('dt', {}, 'Requests'), h('dd', {}, requests.join(' ') || '-')));
+    // The buttons are rebuilt only when what they can do changes, so a
+    // click is never lost to an update between its press and release.
+    const enabled = { pause: !ended && !run.spec.suspend && !run.spec.shutdown, resume: !ended && run.spec.suspend && !run.spec.shutdown, stop: !ended && !run.spec.shutdown, retry: ended && phase !== 'Succeeded' };
+    const state = JSON.stringify(enabled);
+    if (state !== buttonState) {
+      buttonState = state;
+      const button = (id, label) => h('button', {
+        id, disabled: !enabled[id],
+        onclick: () => request(ns, name, id).then((m) => {
+          if (page !== here) return;
+          showError('');
+          said = m;
+          $('#said').textContent = m;
+        }).catch((e) => { if (page === here) showError(e.message); }),
+      }, label);
+      buttons.replaceChildren(button('pause', 'Pause'), button('resume', 'Resume'), button('stop', 'Stop'), button('retry', 'Retry'), h('span', { id: 'said', class: 'muted' }, said));
+    }
+    // The graph is redrawn in its box, which keeps where it was scrolled to.
+    graphBox.replaceChildren(graph(run, open));
     // For `make bench-ui`: when the graph was first drawn.
     if (!performance.getEntriesByName('baton:graph').length) performance.mark('baton:graph');
     tasksBox.replaceChildren(h('h2', {}, 'Tasks'), h('table', { id: 'tasks' },
@@ -350,61 +413,77 @@ function runPage(ns, name) {
         h('td', {}, t.attempts || ''), h('td', {}, t.startedAt ? span(t.startedAt, t.finishedAt) : ''),
         h('td', {}, t.podName || t.childInstance || ''), h('td', {}, t.exitCode ?? ''),
         h('td', {}, (t.outputs && t.outputs.result !== undefined) ? `result: ${t.outputs.result}` : (t.message || t.reason || '')))))));
-    timeBox.replaceChildren(h('h2', {}, 'Timeline (current attempts; dashed: owner changes)'), timeline(run));
+    latest = run;
+    drawTimeline();
     condBox.replaceChildren(h('h2', {}, 'Conditions'), h('table', {}, h('tbody', {}, (st.conditions || []).map((c) =>
       h('tr', {}, h('td', {}, c.type), h('td', {}, c.status), h('td', {}, c.reason), h('td', {}, c.message))))));
-    events();
   });
 }
 
 // -------------------------------------------------------------------- task --
 
 async function taskPage(ns, name, task) {
-  const page = $('#page');
-  page.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+  const here = page;
+  const pageEl = $('#page');
+  pageEl.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
   let run;
   try {
     run = await api(runPath(ns, name));
   } catch (e) {
+    if (page !== here) return;
     showError(e.message);
-    page.replaceChildren();
+    pageEl.replaceChildren();
     return;
   }
-  const entry = ((run.status || {}).tasks || []).find((t) => t.name === task) || { name: task, phase: 'Pending' };
+  if (page !== here) return;
+  const entries = (run.status || {}).tasks || [];
+  const entry = entries.find((t) => t.name === task) || { name: task, phase: 'Pending' };
+  const instances = entries.filter((t) => t.name.startsWith(`${task}(`));
+  const back = h('p', {}, h('a', { href: `#/run/${enc(ns)}/${enc(name)}` }, `← run ${name}`));
+  const fields = [['Phase', badge(entry.phase)], ['Attempts', entry.attempts || 0], ['Exit code', entry.exitCode ?? '-'],
+    ['Pod / child run', entry.podName || entry.childInstance || '-'], ['Reason', entry.reason || '-'], ['Item', entry.item || '-'],
+    ['Started', entry.startedAt || '-'], ['Finished', entry.finishedAt || '-']];
+  const summary = [h('h1', {}, task), h('dl', {}, fields.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
+    h('h2', {}, 'Message'), h('pre', { id: 'message' }, entry.message || '-')];
+  if (instances.length) {
+    // A fanned-out task: its instances, each with its own attempts and log.
+    pageEl.replaceChildren(back, ...summary, h('h2', {}, 'Instances'), h('table', { id: 'instances' }, h('tbody', {}, instances.map((t) =>
+      h('tr', {}, h('td', {}, h('a', { href: `#/task/${enc(ns)}/${enc(name)}/${enc(t.name)}` }, t.name)), h('td', {}, badge(t.phase)),
+        h('td', {}, t.item || ''), h('td', {}, t.exitCode ?? ''), h('td', {}, t.message || (t.outputs && t.outputs.result) || ''))))));
+    return;
+  }
   const base = task.replace(/\(\d+\)$/, '');
   const item = task.match(/\((\d+)\)$/);
   const selector = `baton.dev/task=${base}${item ? `,baton.dev/item=${item[1]}` : ''}`;
   const logBox = h('pre', { class: 'log', id: 'log' }, '');
-  const fields = [['Phase', badge(entry.phase)], ['Attempts', entry.attempts || 0], ['Exit code', entry.exitCode ?? '-'],
-    ['Pod / child run', entry.podName || entry.childInstance || '-'], ['Reason', entry.reason || '-'], ['Item', entry.item || '-'],
-    ['Started', entry.startedAt || '-'], ['Finished', entry.finishedAt || '-']];
-  page.replaceChildren(
-    h('p', {}, h('a', { href: `#/run/${enc(ns)}/${enc(name)}` }, `← run ${name}`)),
-    h('h1', {}, `${task}`),
-    h('dl', {}, fields.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
-    h('h2', {}, 'Message'), h('pre', { id: 'message' }, entry.message || '-'),
+  pageEl.replaceChildren(back, ...summary,
     h('h2', {}, 'Result'), h('pre', { id: 'result' }, (entry.outputs && entry.outputs.result) ?? '-'),
     h('h2', {}, 'Attempts'), h('table', { id: 'attempts' }, h('tbody')),
-    h('h2', {}, 'Log'), logBox);
-  const showLog = (pod) => api(`/api/v1/namespaces/${enc(ns)}/pods/${enc(pod)}/log?tailLines=2000`)
-    .then((t) => { logBox.textContent = typeof t === 'string' ? t : JSON.stringify(t); })
-    .catch((e) => { logBox.textContent = `No log: ${e.message}`; });
+    h('h2', {}, 'Log (the last 2,000 lines)'), logBox);
+  // The task's own container (the pod's first): sidecars make a log ambiguous otherwise.
+  const main = (p) => ((p.spec || {}).containers || [{}])[0].name;
+  const showLog = (p) => api(`/api/v1/namespaces/${enc(ns)}/pods/${enc(p.metadata.name)}/log?tailLines=2000&container=${enc(main(p))}`, { text: true })
+    .then((t) => { if (page === here) logBox.textContent = t; })
+    .catch((e) => { if (page === here) logBox.textContent = `No log: ${e.message}`; });
   try {
     const pods = (await api(`/api/v1/namespaces/${enc(ns)}/pods?labelSelector=${enc(selector)}`)).items
-      // Only pods whose controller is this run (the identity rule).
+      // Only pods whose controller is this run (the identity rule), and not other instances' (no item label on a plain task).
       .filter((p) => (p.metadata.ownerReferences || []).some((o) => o.controller && o.uid === run.metadata.uid))
+      .filter((p) => item || p.metadata.labels['baton.dev/item'] === undefined)
       .sort((a, b) => Number(a.metadata.labels['baton.dev/attempt']) - Number(b.metadata.labels['baton.dev/attempt']));
+    if (page !== here) return;
     const rows = pods.map((p) => {
-      const term = (((p.status || {}).containerStatuses || [])[0] || {}).state || {};
+      const status = (((p.status || {}).containerStatuses) || []).find((c) => c.name === main(p)) || {};
+      const term = (status.state || {}).terminated;
       return h('tr', {}, h('td', {}, `attempt ${p.metadata.labels['baton.dev/attempt']}`), h('td', {}, p.metadata.name),
-        h('td', {}, (p.status || {}).phase || '-'), h('td', {}, term.terminated ? `exit ${term.terminated.exitCode}` : ''),
-        h('td', {}, h('button', { onclick: () => showLog(p.metadata.name) }, 'Log')));
+        h('td', {}, (p.status || {}).phase || '-'), h('td', {}, term ? `exit ${term.exitCode}` : ''),
+        h('td', {}, h('button', { onclick: () => showLog(p) }, 'Log')));
     });
     $('#attempts tbody').replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { class: 'muted' }, 'No pod of this task exists (not started, a child run, or deleted by podGC).'))]));
-    if (pods.length) showLog(pods[pods.length - 1].metadata.name);
+    if (pods.length) showLog(pods[pods.length - 1]);
     else logBox.textContent = 'No pod to read a log from.';
   } catch (e) {
-    showError(e.message);
+    if (page === here) showError(e.message);
   }
 }
 
@@ -426,8 +505,9 @@ function workflowsPage(query) {
       const next = h('td', {}, sch ? (sch.suspend ? 'suspended' : '…') : '-');
       if (sch && !sch.suspend) {
         const q = `cron=${enc(sch.cron)}${sch.timeZone ? `&timeZone=${enc(sch.timeZone)}` : ''}`;
-        if (!nextTicks.has(q)) nextTicks.set(q, fetch(`/ui/next-tick?${q}`).then((r) => r.json()));
-        nextTicks.get(q).then((n) => { next.textContent = n.next || n.error; });
+        const cached = nextTicks.get(q);
+        if (!cached || Date.now() - cached.at > 30000) nextTicks.set(q, { at: Date.now(), answer: fetch(`/ui/next-tick?${q}`).then((r) => r.json()) });
+        nextTicks.get(q).answer.then((n) => { next.textContent = n.next || n.error; });
       }
       return h('tr', {}, h('td', {}, w.metadata.name), h('td', {}, w.metadata.namespace), h('td', {}, (w.spec.tasks || []).length),
         h('td', {}, sch ? `${sch.cron}${sch.timeZone ? ` (${sch.timeZone})` : ''}` : '-'), next, h('td', {}, st.lastScheduleTime || '-'),
@@ -439,11 +519,17 @@ function workflowsPage(query) {
 
 // ------------------------------------------------------------------ router --
 
+/** Incremented at every page change: late answers for an older page are dropped. */
+let page = 0;
+
 function route() {
   leave();
   showError('');
+  page += 1;
+  $('#live').textContent = '';
   const [path, q] = location.hash.replace(/^#\/?/, '').split('?');
-  const parts = path.split('/').map(decodeURIComponent);
+  let parts;
+  try { parts = path.split('/').map(decodeURIComponent); } catch (_) { parts = ['runs']; }
   const query = new URLSearchParams(q || '');
   if (parts[0] === 'run' && parts.length === 3) runPage(parts[1], parts[2]);
   else if (parts[0] === 'task' && parts.length === 4) taskPage(parts[1], parts[2], parts[3]);
