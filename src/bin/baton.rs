@@ -289,7 +289,9 @@ fn print_object<T: serde::Serialize>(value: &T, yaml: bool) -> Result<(), Failur
 async fn list(cli: &Cli, all_namespaces: bool, output: Option<ListOutput>) -> Result<ExitCode, Failure> {
     let session = session(cli).await?;
     let api: Api<WorkflowInstance> = if all_namespaces { Api::all(session.client.clone()) } else { session.runs() };
-    let runs = api.list(&Default::default()).await.map_err(|e| session.failure(e))?.items;
+    let mut runs = api.list(&Default::default()).await.map_err(|e| session.failure(e))?.items;
+    // As kubectl prints them: without managedFields.
+    runs.iter_mut().for_each(|r| r.metadata.managed_fields = None);
     match output {
         Some(ListOutput::Json | ListOutput::Yaml) => {
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": runs});
@@ -306,7 +308,8 @@ async fn list(cli: &Cli, all_namespaces: bool, output: Option<ListOutput>) -> Re
 
 async fn get(cli: &Cli, name: &str, output: Option<ObjectOutput>) -> Result<ExitCode, Failure> {
     let session = session(cli).await?;
-    let run = session.run(name).await?;
+    let mut run = session.run(name).await?;
+    run.metadata.managed_fields = None;
     match output {
         Some(o) => print_object(&run, matches!(o, ObjectOutput::Yaml))?,
         None => emit(&view::run(&run, Timestamp::now(), style())),
