@@ -326,11 +326,24 @@ impl ControllerProc {
 }
 
 impl Drop for ControllerProc {
+    /// Ends the controller the way a pod ends: SIGTERM, then SIGKILL if it
+    /// is still there after 5 s (in the background, so the test goes on).
+    /// A SIGKILL at once would reset the admission reviews it was serving on
+    /// the webhook port every controller on this host shares, failing pod
+    /// creates of other tests.
     fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut c) = self.child.take() {
+            let pid = Pid::from_raw(c.id() as i32);
+            let _ = kill(pid, Signal::SIGCONT);
+            let _ = kill(pid, Signal::SIGTERM);
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            });
         }
     }
 }

@@ -116,7 +116,7 @@ async fn a_user_without_patch_rights_sees_the_refusal_in_the_page() {
     c.goto(&format!("{url}#/run/{}/s-1", ns.name)).await.unwrap();
     until(&c, "the run page", "document.querySelector('#pause') && !document.querySelector('#pause').disabled").await;
     c.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
-    until(&c, "the refusal to be shown", "!document.querySelector('#error').hidden").await;
+    until(&c, "the refusal to be shown", "document.querySelector('#error').textContent.includes('cannot patch')").await;
     let message = c.find(Locator::Id("error")).await.unwrap().text().await.unwrap();
     assert!(message.contains("e2e-viewer") && message.contains("cannot patch"), "{message}");
     let api: Api<WorkflowInstance> = ns.api();

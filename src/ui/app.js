@@ -66,9 +66,10 @@ function leave() {
 /**
  * Lists `path`, then watches it from the list's resourceVersion, keeping
  * `items` (by namespace/name) current; calls `changed(items)` after each
- * change, at most once per animation frame. Relists after an error.
+ * change, at most once per animation frame. Relists after an error,
+ * which `failed` shows (the page's banner unless the caller says where).
  */
-function live(path, changed) {
+function live(path, changed, failed = (e) => showError(e.message)) {
   const items = new Map();
   const ctl = new AbortController();
   let closed = false;
@@ -85,7 +86,7 @@ function live(path, changed) {
     while (!closed) {
       try {
         const list = await api(path, { signal: ctl.signal });
-        if (failures) showError('');
+        if (failures) failed({ message: '' });
         failures = 0;
         items.clear();
         for (const o of list.items) items.set(key(o), o);
@@ -117,7 +118,7 @@ function live(path, changed) {
       } catch (e) {
         if (closed) return;
         setLive(false);
-        if (e.code) showError(e.message);
+        if (e.code) failed(e);
         // Backs off to 30 s, as client-go's reflector does.
         failures += 1;
         await sleep(Math.min(30000, 500 * 2 ** failures));
@@ -355,14 +356,14 @@ function runPage(ns, name) {
       live(`/api/v1/namespaces/${enc(ns)}/pods?labelSelector=${enc(`baton.dev/instance=${name}`)}`, (items) => {
         pods = [...items.values()].filter((p) => (p.metadata.ownerReferences || []).some((o) => o.controller && o.uid === uid));
         drawTimeline();
-      });
+      }, () => {}); // Without pods, the timeline shows the current attempts from status.
     }
     live(`/api/v1/namespaces/${enc(ns)}/events?fieldSelector=${enc(`involvedObject.uid=${uid}`)}`, (items) => {
       const when = (e) => Date.parse(e.lastTimestamp || e.eventTime || e.metadata.creationTimestamp || 0);
       const rows = [...items.values()].sort((a, b) => when(b) - when(a))
         .map((e) => h('tr', {}, h('td', {}, e.type), h('td', {}, e.reason), h('td', {}, age(e.lastTimestamp || e.eventTime)), h('td', {}, e.message)));
       eventsBox.replaceChildren(h('h2', {}, 'Events'), h('table', { id: 'events' }, h('thead', {}, h('tr', {}, ...['Type', 'Reason', 'Age', 'Message'].map((c) => h('th', {}, c)))), h('tbody', {}, rows)));
-    });
+    }, (e) => { if (e.message) eventsBox.replaceChildren(h('h2', {}, 'Events'), h('p', { class: 'muted' }, e.message)); });
   };
   live(`${GROUP}/namespaces/${enc(ns)}/workflowinstances?fieldSelector=${enc(`metadata.name=${name}`)}`, (items) => {
     const run = items.get(`${ns}/${name}`);
