@@ -342,7 +342,7 @@ pub fn run(run: &WorkflowInstance, now: Timestamp, style: Style) -> String {
                 Some(e) => (
                     if e.attempts > 0 { e.attempts.to_string() } else { String::new() },
                     span(e.started_at.as_ref(), e.finished_at.as_ref(), now).unwrap_or_default(),
-                    e.pod_name.clone().or_else(|| e.child_instance.clone()).unwrap_or_default(),
+                    object_of(run, e),
                     e.exit_code.map(|c| c.to_string()).unwrap_or_default(),
                     task_message(e),
                 ),
@@ -380,6 +380,22 @@ pub fn run(run: &WorkflowInstance, now: Timestamp, style: Style) -> String {
         }
     }
     out
+}
+
+/// The pod or child run of an entry's current attempt. A finished instance
+/// of a fanned-out container task keeps no pod name in status; its pod has
+/// the deterministic one.
+fn object_of(run: &WorkflowInstance, e: &TaskStatus) -> String {
+    if let Some(name) = e.pod_name.clone().or_else(|| e.child_instance.clone()) {
+        return name;
+    }
+    let spec = run.status.as_ref().and_then(|s| s.workflow_spec.as_ref());
+    let container = spec.and_then(|s| s.task(naming::task_of(&e.name))).is_some_and(|t| t.container.is_some());
+    if container && e.attempts > 0 && naming::parse_instance_key(&e.name).is_some() {
+        pod_of(run.metadata.name.as_deref().unwrap_or_default(), e, None)
+    } else {
+        String::new()
+    }
 }
 
 /// What a task's row says: its result once it succeeded, else its message

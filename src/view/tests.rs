@@ -98,6 +98,7 @@ fn get_shows_the_tree_results_messages_requests_and_owner_history() {
     assert!(lines[pos("✔ a ")].contains("result: [1,2]") && lines[pos("✔ a ")].contains("3s"), "{text}");
     let b = lines[pos("✖ b ")];
     assert!(b.contains("Failed") && b.contains(" 2 ") && b.contains("dia-1-b-1") && b.contains(" 3 ") && b.contains("boom …"), "{b}");
+    assert!(lines[pos("✔ fan(0)")].contains("dia-1-fan-0-0"), "a finished instance shows its pod: {text}");
     assert!(text.contains("Requests:    suspend=true") && text.contains("Parameters:  date=2026-01-01"), "{text}");
     assert!(text.contains("Duration:    59s"), "{text}");
     assert!(text.contains("Owner: c2 (lease c2, epoch 2, since 2026-11-22T10:00:30Z)"), "{text}");
