@@ -170,6 +170,14 @@ async fn logs_read_the_task_pods_of_the_run() {
     assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Succeeded"), "-f returned once the pod had ended");
     assert_eq!(followed, ns.kubectl(&["logs", "f-1-a-0"], None));
 
+    // Following the whole run: tasks that start later are followed too, and
+    // the command ends with the run.
+    ns.apply(&workflow("chain", "", &[task("a", &[], "2s", 0, ""), task("b", &["a"], "2s", 0, "")]));
+    ns.apply(&run("c-1", "chain", ""));
+    let whole = ok(baton(&ns, &["logs", "c-1", "-f"]));
+    assert!(whole.lines().any(|l| l.starts_with("a: ")) && whole.lines().any(|l| l.starts_with("b: ")), "{whole}");
+    assert_eq!(api.get("c-1").await.unwrap().status.and_then(|s| s.phase), Some(RunPhase::Succeeded), "-f ended with the run");
+
     refused(baton(&ns, &["logs", "t-1", "nope"]), &["run t-1 has no task \"nope\"", "a, b"]);
     refused(baton(&ns, &["logs", "t-1", "a", "--attempt", "3"]), &["task a has attempts 0 to 0"]);
     let pods: Api<Pod> = ns.api();

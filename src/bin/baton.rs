@@ -2,6 +2,7 @@
 //! on success, errors on stderr in one line that says what to do.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use baton::api::{RunPhase, WorkflowInstance};
 use baton::steer::{self, Outcome, Request};
@@ -83,7 +84,8 @@ enum Command {
         run: String,
         /// A task, or one instance of a fanned-out task (`TASK(INDEX)`).
         task: Option<String>,
-        /// Keep streaming while the pods run.
+        /// Follow the run until it ends: running pods, and the pods of
+        /// tasks (and retries) that start later.
         #[arg(short = 'f', long)]
         follow: bool,
         /// Attempt to show, 0 for the first (default: the latest).
@@ -387,7 +389,8 @@ async fn watch(cli: &Cli, name: &str) -> Result<ExitCode, Failure> {
     }
 }
 
-/// The pods `baton logs` reads: (what prefixes their lines, pod name).
+/// The pods `baton logs` reads: (what prefixes their lines, pod name);
+/// none while no task has started one.
 fn log_targets(run: &WorkflowInstance, task: Option<&str>, attempt: Option<i32>) -> Result<Vec<(String, String)>, Failure> {
     let name = run.metadata.name.as_deref().unwrap_or_default();
     let rows = view::rows(run);
@@ -420,28 +423,102 @@ fn log_targets(run: &WorkflowInstance, task: Option<&str>, attempt: Option<i32>)
         }
         targets.push((entry.name.clone(), view::pod_of(name, entry, attempt)));
     }
-    if targets.is_empty() {
-        return Err(Failure(match task {
-            Some(t) => format!("task {t} of run {name} has not started a pod yet; baton watch {name} shows when it does"),
-            None => format!("run {name} has not started a task pod yet; baton watch {name} shows when it does"),
-        }));
-    }
     Ok(targets)
 }
 
 /// Most pods `baton logs -f` follows at once (kubectl's --max-log-requests).
 const MAX_FOLLOWED: usize = 10;
 
+type Lines = tokio::sync::mpsc::UnboundedSender<Result<String, Failure>>;
+
+/// Log requests for the task's own container, by name: injected sidecars
+/// make a pod's log ambiguous otherwise.
+fn log_params(pod: &k8s_openapi::api::core::v1::Pod, follow: bool) -> kube::api::LogParams {
+    kube::api::LogParams {
+        follow,
+        container: pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()),
+        ..Default::default()
+    }
+}
+
+/// A log request the API server refused, on one line.
+fn log_refused(session: &Session, key: &str, pod: &str, e: kube::Error) -> Failure {
+    match e {
+        kube::Error::Api(s) if s.code == 400 => Failure(format!("{key}: {}", s.message)),
+        kube::Error::Api(s) if s.code >= 500 => Failure(format!(
+            "{key}: the API server could not fetch the log of pod {pod} from its node ({}); check that the node is up",
+            s.message
+        )),
+        e => session.failure(e),
+    }
+}
+
+/// Sends the log of `pod` to `lines`, each line after `label`: whole if the
+/// pod has ended, else followed until the pod ends (a kubelet closes the
+/// stream then, a simulated node does not).
+async fn send_log(
+    pods: Api<k8s_openapi::api::core::v1::Pod>,
+    pod: k8s_openapi::api::core::v1::Pod,
+    label: String,
+    stream: Result<impl futures::AsyncBufRead + Send + 'static, Failure>,
+    lines: Lines,
+) {
+    use futures::AsyncBufReadExt;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let follow = !pod_finished(&pod);
+    let mut stream = match stream {
+        Ok(s) => Box::pin(s),
+        Err(f) => return drop(lines.send(Err(f))),
+    };
+    let ended = async {
+        if !follow {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match pods.get_opt(&name).await {
+                Ok(Some(p)) if !pod_finished(&p) => {}
+                Err(_) => {}
+                _ => break,
+            }
+        }
+        // What the node still sends of the last lines.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
+    tokio::pin!(ended);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        tokio::select! {
+            read = stream.read_until(b'\n', &mut line) => match read {
+                Ok(0) => return,
+                Ok(_) => drop(lines.send(Ok(format!("{label}{}", String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']))))),
+                Err(e) => return drop(lines.send(Err(Failure(format!("{label}the log stream broke ({e}); run baton logs again"))))),
+            },
+            _ = &mut ended => return,
+        }
+    }
+}
+
 async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: Option<i32>) -> Result<ExitCode, Failure> {
     use futures::AsyncReadExt;
     use k8s_openapi::api::core::v1::Pod;
-    use kube::api::LogParams;
-    let session = session(cli).await?;
+    let session = Arc::new(session(cli).await?);
     let run = session.run(name).await?;
     let uid = run.metadata.uid.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
     let targets = log_targets(&run, task, attempt)?;
-    let prefix = targets.len() > 1;
+    // Lines carry their task unless one task's one pod is asked for.
+    let prefix = task.is_none() || targets.len() > 1;
+    let label = move |key: &str| if prefix { format!("{key}: ") } else { String::new() };
+    if targets.is_empty() && !follow {
+        return Err(Failure(match task {
+            Some(t) => format!(
+                "task {t} of run {name} has not started a pod yet; baton logs -f waits for it, baton watch {name} shows when it does"
+            ),
+            None => format!("run {name} has not started a task pod yet; baton logs -f waits for it"),
+        }));
+    }
     let mut readable = vec![];
     for (key, pod) in targets {
         match pods.get_opt(&pod).await.map_err(|e| session.failure(e))? {
@@ -451,86 +528,95 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
                     "pod {pod} is not run {name}'s (its controller is another object, so its name collided); baton get {name} shows the task's message"
                 )));
             }
-            None if task.is_some() => {
+            None if task.is_some() && !follow => {
                 return Err(Failure(format!(
                     "pod {pod} of task {key} does not exist: not created yet, or deleted (podGC or by hand); baton get {name} shows its exit code and message"
                 )));
             }
-            None => eprintln!("{key}: pod {pod} does not exist (not created yet, or deleted)"),
+            None if !follow => eprintln!("{key}: pod {pod} does not exist (not created yet, or deleted)"),
+            None => {}
         }
     }
-    if readable.is_empty() {
-        return Err(Failure(format!("no pod of run {name} is left to read; baton get {name} shows each task's exit code and message")));
-    }
-    let refused = |key: &str, pod: &str, e: kube::Error| match e {
-        kube::Error::Api(s) if s.code == 400 => Failure(format!("{key}: {}", s.message)),
-        kube::Error::Api(s) if s.code >= 500 => Failure(format!(
-            "{key}: the API server could not fetch the log of pod {pod} from its node ({}); check that the node is up",
-            s.message
-        )),
-        e => session.failure(e),
-    };
-    let params = |p: &Pod, follow: bool| LogParams {
-        follow,
-        // The task's container, by name: injected sidecars make it ambiguous otherwise.
-        container: p.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()),
-        ..Default::default()
-    };
-    // Finished pods are read whole, one after another, in the tree's order.
-    let (running, finished): (Vec<_>, Vec<_>) = readable.into_iter().partition(|(_, p)| follow && !pod_finished(p));
-    for (key, pod) in &finished {
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        let mut bytes = Vec::new();
-        let mut stream = pods.log_stream(&pod_name, &params(pod, false)).await.map_err(|e| refused(key, &pod_name, e))?;
-        stream.read_to_end(&mut bytes).await.map_err(|e| Failure(format!("{key}: the log stream broke ({e}); run baton logs again")))?;
-        let label = if prefix { format!("{key}: ") } else { String::new() };
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            emit(&format!("{label}{line}\n"));
+    if !follow {
+        if readable.is_empty() {
+            return Err(Failure(format!("no pod of run {name} is left to read; baton get {name} shows each task's exit code and message")));
         }
+        // Read whole, one after another, in the tree's order.
+        for (key, pod) in &readable {
+            let pod_name = pod.metadata.name.clone().unwrap_or_default();
+            let mut bytes = Vec::new();
+            let mut stream =
+                pods.log_stream(&pod_name, &log_params(pod, false)).await.map_err(|e| log_refused(&session, key, &pod_name, e))?;
+            stream
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| Failure(format!("{key}: the log stream broke ({e}); run baton logs again")))?;
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                emit(&format!("{}{line}\n", label(key)));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
     }
-    if running.len() > MAX_FOLLOWED {
+    let running = readable.iter().filter(|(_, p)| !pod_finished(p)).count();
+    if running > MAX_FOLLOWED {
         return Err(Failure(format!(
-            "{} pods of run {name} are running, more than the {MAX_FOLLOWED} that -f follows at once; name a TASK",
-            running.len()
+            "{running} pods of run {name} are running, more than the {MAX_FOLLOWED} that -f follows at once; name a TASK"
         )));
     }
-    // Running pods are followed together until each ends (a kubelet closes
-    // the stream then, a simulated node does not).
+    // Following: every pod of the run's tasks, those there now and those
+    // that start later (new tasks, retries), until the run has ended.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, Failure>>();
-    for (key, pod) in running {
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        let stream = pods.log_stream(&pod_name, &params(&pod, true)).await.map_err(|e| refused(&key, &pod_name, e));
-        let (pods, tx) = (pods.clone(), tx.clone());
-        let label = if prefix { format!("{key}: ") } else { String::new() };
+    let start = {
+        let (pods, session) = (pods.clone(), session.clone());
+        move |key: &str, pod: Pod, tx: Lines| {
+            let (pods, session, key, label) = (pods.clone(), session.clone(), key.to_string(), label(key));
+            async move {
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                let stream = pods
+                    .log_stream(&pod_name, &log_params(&pod, !pod_finished(&pod)))
+                    .await
+                    .map_err(|e| log_refused(&session, &key, &pod_name, e));
+                tokio::spawn(send_log(pods, pod, label, stream, tx));
+            }
+        }
+    };
+    let mut seen: std::collections::HashSet<String> = readable.iter().filter_map(|(_, p)| p.metadata.name.clone()).collect();
+    for (key, pod) in readable {
+        start(&key, pod, tx.clone()).await;
+    }
+    if attempt.is_none() {
+        let (runs, pods, task, uid, tx) = (session.runs(), pods.clone(), task.map(String::from), uid.clone(), tx.clone());
+        let name = name.to_string();
         tokio::spawn(async move {
-            use futures::AsyncBufReadExt;
-            let mut stream = match stream {
-                Ok(s) => Box::pin(s),
-                Err(f) => return drop(tx.send(Err(f))),
-            };
-            let ended = async {
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    match pods.get_opt(&pod_name).await {
-                        Ok(Some(p)) if !pod_finished(&p) => {}
-                        Err(_) => {}
-                        _ => break,
+            use futures::StreamExt;
+            use kube::runtime::WatchStreamExt;
+            let mut events = kube::runtime::watcher::watch_object(runs, &name).default_backoff().boxed();
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            let mut latest: Option<WorkflowInstance> = None;
+            loop {
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(Ok(Some(r))) => latest = Some(r),
+                        Some(Ok(None)) | None => return,
+                        Some(Err(_)) => continue,
+                    },
+                    _ = tick.tick() => {}
+                }
+                let Some(run) = latest.as_ref() else { continue };
+                for (key, pod) in log_targets(run, task.as_deref(), None).unwrap_or_default() {
+                    if seen.contains(&pod) {
+                        continue;
+                    }
+                    // A pod of an intent not created yet is looked for again.
+                    if let Ok(Some(p)) = pods.get_opt(&pod).await
+                        && baton::objects::controlled_by(&p.metadata, &uid)
+                    {
+                        seen.insert(pod);
+                        start(&key, p, tx.clone()).await;
                     }
                 }
-                // What the node still sends of the last lines.
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            };
-            tokio::pin!(ended);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                tokio::select! {
-                    read = stream.read_until(b'\n', &mut line) => match read {
-                        Ok(0) => return,
-                        Ok(_) => drop(tx.send(Ok(format!("{label}{}", String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']))))),
-                        Err(e) => return drop(tx.send(Err(Failure(format!("{key}: the log stream broke ({e}); run baton logs again"))))),
-                    },
-                    _ = &mut ended => return,
+                if view::ended(run).is_some() {
+                    return;
                 }
             }
         });
