@@ -180,19 +180,39 @@ function runsPage(query) {
   );
   api('/api/v1/namespaces').then((l) => $('#namespaces').replaceChildren(...l.items.map((n) => h('option', { value: n.metadata.name })))).catch(() => {});
   const path = ns ? `${GROUP}/namespaces/${enc(ns)}/workflowinstances` : `${GROUP}/workflowinstances`;
+  const rows = new Map();
   live(path, (items) => {
     const runs = [...items.values()]
       .filter((r) => !filters.workflow || r.spec.workflowRef.name === filters.workflow)
       .filter((r) => !filters.phase || phaseOf(r) === filters.phase)
       .sort((a, b) => Date.parse(b.metadata.creationTimestamp) - Date.parse(a.metadata.creationTimestamp));
+    // Rows are kept by run and updated in place: a link being clicked is
+    // never replaced between the press and the release.
+    const keep = new Set();
     body.replaceChildren(...runs.map((r) => {
       const st = r.status || {};
-      return h('tr', { 'data-run': r.metadata.name },
-        h('td', {}, h('a', { href: `#/run/${enc(r.metadata.namespace)}/${enc(r.metadata.name)}` }, r.metadata.name)),
-        h('td', {}, r.metadata.namespace), h('td', {}, r.spec.workflowRef.name), h('td', {}, badge(phaseOf(r))),
-        h('td', {}, st.progress || '-'), h('td', {}, (st.owner && st.owner.controller) || '-'),
-        h('td', {}, age(r.metadata.creationTimestamp)), h('td', {}, span(st.startedAt, st.finishedAt)));
+      const key = `${r.metadata.namespace}/${r.metadata.name}`;
+      keep.add(key);
+      let row = rows.get(key);
+      if (!row) {
+        const cells = Array.from({ length: 8 }, () => h('td'));
+        cells[0].append(h('a', { href: `#/run/${enc(r.metadata.namespace)}/${enc(r.metadata.name)}` }, r.metadata.name));
+        cells[3].append(h('span'));
+        row = { tr: h('tr', { 'data-run': r.metadata.name }, cells), cells };
+        rows.set(key, row);
+      }
+      const phase = phaseOf(r);
+      const badgeEl = row.cells[3].firstChild;
+      if (badgeEl.textContent !== phase) {
+        badgeEl.textContent = phase;
+        badgeEl.className = `phase phase-${phase}`;
+      }
+      const texts = [null, r.metadata.namespace, r.spec.workflowRef.name, null, st.progress || '-', (st.owner && st.owner.controller) || '-',
+        age(r.metadata.creationTimestamp), span(st.startedAt, st.finishedAt)];
+      texts.forEach((t, i) => { if (t !== null && row.cells[i].textContent !== t) row.cells[i].textContent = t; });
+      return row.tr;
     }));
+    for (const key of [...rows.keys()]) if (!keep.has(key)) rows.delete(key);
     if (!runs.length) body.replaceChildren(h('tr', {}, h('td', { colspan: 8, class: 'muted' }, 'No runs.')));
     if (!performance.getEntriesByName('baton:runs').length) performance.mark('baton:runs');
   });
@@ -343,6 +363,7 @@ function runPage(ns, name) {
   let pods = [];
   let latest = null;
   let buttonState = '';
+  let graphState = '';
   let watching = null;
   const drawTimeline = () => {
     if (latest) timeBox.replaceChildren(h('h2', {}, 'Timeline (task attempts; dashed: owner changes)'), timeline(latest, pods));
@@ -403,8 +424,13 @@ function runPage(ns, name) {
       }, label);
       buttons.replaceChildren(button('pause', 'Pause'), button('resume', 'Resume'), button('stop', 'Stop'), button('retry', 'Retry'), h('span', { id: 'said', class: 'muted' }, said));
     }
-    // The graph is redrawn in its box, which keeps where it was scrolled to.
-    graphBox.replaceChildren(graph(run, open));
+    // The graph is redrawn, in its box (which keeps where it was scrolled
+    // to), only when a task's phase changed: a node being clicked stays.
+    const drawn = JSON.stringify([!!st.workflowSpec, (st.tasks || []).map((t) => [t.name, t.phase, t.message || ''])]);
+    if (drawn !== graphState) {
+      graphState = drawn;
+      graphBox.replaceChildren(graph(run, open));
+    }
     // For `make bench-ui`: when the graph was first drawn.
     if (!performance.getEntriesByName('baton:graph').length) performance.mark('baton:graph');
     tasksBox.replaceChildren(h('h2', {}, 'Tasks'), h('table', { id: 'tasks' },
