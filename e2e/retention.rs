@@ -422,7 +422,9 @@ async fn each_pod_gc_policy_deletes_the_pods_it_names_and_status_keeps_what_they
             reader("reader", "quick", "300ms", 0),
         ],
     ));
-    ns.apply(&workflow("on-success", "  podGC: OnRunSuccess\n", &[step("a", &[], "500ms", 0, "ok", ""), reader("b", "a", "2s", 0)]));
+    // b outlives task-1's slow task by 6 s: it must still run when the
+    // wait for task-1 below is over, however long that wait took.
+    ns.apply(&workflow("on-success", "  podGC: OnRunSuccess\n", &[step("a", &[], "500ms", 0, "ok", ""), reader("b", "a", "12s", 0)]));
     ns.apply(&workflow("on-finished", "  podGC: OnRunFinished\n", &[step("a", &[], "500ms", 0, "ok", ""), reader("b", "a", "300ms", 5)]));
     ns.apply(&run("never-1", "never", ""));
     ns.apply(&run("task-1", "on-task", ""));
