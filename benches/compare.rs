@@ -1128,10 +1128,7 @@ fn argo_setup(kubeconfig: &Path) -> PathBuf {
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` also runs bench targets; this one is only
-    // for `cargo bench`, which passes --bench.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/compare: skipped outside `cargo bench` (make bench-compare)");
+    if !support::run_as_bench("compare", "bench-compare") {
         return;
     }
     // On SIGINT or SIGTERM the benchmark is dropped, and with it the

@@ -18,10 +18,7 @@ const WORKFLOW: &str = "apiVersion: baton.dev/v1alpha1\nkind: Workflow\nmetadata
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` also runs bench targets; this one is only
-    // for `cargo bench`, which passes --bench.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/runs: skipped outside `cargo bench` (make bench-runs)");
+    if !support::run_as_bench("runs", "bench-runs") {
         return;
     }
     let n: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);

@@ -105,8 +105,7 @@ fn memory(pid: u32) -> (f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/scale: skipped outside `cargo bench` (make bench-scale)");
+    if !support::run_as_bench("scale", "bench-scale") {
         return;
     }
     let n: usize = std::env::var("BENCH_FINISHED").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);

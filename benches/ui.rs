@@ -70,10 +70,7 @@ async fn measure(c: &fantoccini::Client, url: &str, mark: &str, loads: usize) ->
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` also runs bench targets; this one is only
-    // for `cargo bench`, which passes --bench.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/ui: skipped outside `cargo bench` (make bench-ui)");
+    if !support::run_as_bench("ui", "bench-ui") {
         return;
     }
     let loads: usize = std::env::var("BENCH_UI_LOADS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);

@@ -51,10 +51,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` also runs bench targets; this one is only
-    // for `cargo bench`, which passes --bench.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/webhook: skipped outside `cargo bench` (make bench-webhook)");
+    if !support::run_as_bench("webhook", "bench-webhook") {
         return;
     }
     let n: usize = std::env::var("BENCH_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);

@@ -114,6 +114,18 @@ pub fn webhook_flags() -> Vec<String> {
     vec!["--webhook-addr".into(), format!("127.0.0.1:{port}"), "--webhook-cert-dir".into(), dir.to_string_lossy().into_owned()]
 }
 
+/// Whether benchmark `name` on the control plane runs: `cargo test
+/// --all-targets` also runs bench targets, and these are only for `cargo
+/// bench`, which passes --bench. Says how to run it when it does not.
+#[allow(dead_code)] // For the benches that include this file; the e2e tests do not call it.
+pub fn run_as_bench(name: &str, target: &str) -> bool {
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !bench {
+        println!("benches/{name}: skipped outside `cargo bench` (make {target})");
+    }
+    bench
+}
+
 /// One plain HTTP/1.1 request to a controller's metrics server; the status
 /// code and the body.
 pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
