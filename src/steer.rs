@@ -17,6 +17,13 @@ pub enum Request {
 }
 
 impl Request {
+    pub const ALL: [Request; 5] = [Request::Pause, Request::Resume, Request::Stop, Request::Terminate, Request::Retry];
+
+    /// The request a verb names (`pause`, ...), as the CLI spells it.
+    pub fn from_verb(verb: &str) -> Option<Request> {
+        Request::ALL.into_iter().find(|r| r.verb() == verb)
+    }
+
     pub fn verb(self) -> &'static str {
         match self {
             Request::Pause => "pause",
@@ -175,6 +182,14 @@ mod tests {
         let mut s = json!({"workflowRef": {"name": "wf"}});
         s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         s
+    }
+
+    #[test]
+    fn verbs_name_their_requests() {
+        for r in Request::ALL {
+            assert_eq!(Request::from_verb(r.verb()), Some(r));
+        }
+        assert_eq!(Request::from_verb("delete"), None);
     }
 
     #[test]
