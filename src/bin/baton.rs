@@ -266,11 +266,15 @@ async fn submit(cli: &Cli, workflow: &str, params: &[String], name: Option<&str>
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let ended = |r: Option<&WorkflowInstance>| r.and_then(|r| r.status.as_ref()?.phase).is_some_and(|p| p.is_terminal());
-    let done = kube::runtime::wait::await_condition(runs, &run_name, ended).await?;
-    let phase = done.and_then(|r| r.status?.phase).map_or("Unknown", |p| p.as_str());
-    eprintln!("run {run_name} ended {phase}");
-    Ok(if phase == "Succeeded" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let done =
+        kube::runtime::wait::await_condition(runs, &run_name, |r: Option<&WorkflowInstance>| r.and_then(view::ended).is_some()).await?;
+    match done {
+        Some(run) => Ok(ended(&run)),
+        None => {
+            eprintln!("run {run_name} ended Unknown");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// Colour only on a terminal, and never with `NO_COLOR` set.
