@@ -151,6 +151,8 @@ function human(sec) {
 }
 
 const phaseOf = (run) => (run.status && run.status.phase) || 'Pending';
+/** Whether the run with `uid` is the object's controller: only then is the object the run's (DESIGN, Identity rules). */
+const controlledBy = (obj, uid) => (obj.metadata.ownerReferences || []).some((o) => o.controller && o.uid === uid);
 const badge = (phase) => h('span', { class: `phase phase-${phase}` }, phase);
 const runPath = (ns, name) => `${GROUP}/namespaces/${enc(ns)}/workflowinstances/${enc(name)}`;
 
@@ -375,7 +377,7 @@ function runPage(ns, name) {
     // The label holds the run's name when it has at most 63 characters (the controller shortens longer ones).
     if (name.length <= 63) {
       live(`/api/v1/namespaces/${enc(ns)}/pods?labelSelector=${enc(`baton.dev/instance=${name}`)}`, (items) => {
-        pods = [...items.values()].filter((p) => (p.metadata.ownerReferences || []).some((o) => o.controller && o.uid === uid));
+        pods = [...items.values()].filter((p) => controlledBy(p, uid));
         drawTimeline();
       }, () => {}); // Without pods, the timeline shows the current attempts from status.
     }
@@ -495,7 +497,7 @@ async function taskPage(ns, name, task) {
   try {
     const pods = (await api(`/api/v1/namespaces/${enc(ns)}/pods?labelSelector=${enc(selector)}`)).items
       // Only pods whose controller is this run (the identity rule), and not other instances' (no item label on a plain task).
-      .filter((p) => (p.metadata.ownerReferences || []).some((o) => o.controller && o.uid === run.metadata.uid))
+      .filter((p) => controlledBy(p, run.metadata.uid))
       .filter((p) => item || p.metadata.labels['baton.dev/item'] === undefined)
       .sort((a, b) => Number(a.metadata.labels['baton.dev/attempt']) - Number(b.metadata.labels['baton.dev/attempt']));
     if (page !== here) return;
