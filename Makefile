@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# CI builds once from clean: incremental state would only take disk.
+ifdef CI
+export CARGO_INCREMENTAL := 0
+endif
 # Tests and the chaos suite build the controller with its failpoints (the
 # end-to-end tests configure them); `make build` and the benchmarks do not.
 TEST_FEATURES := --features failpoints
