@@ -1,0 +1,491 @@
+# shellcheck shell=bash
+# The real node of the local control plane: `e2e/cluster up --real-node`.
+# Sourced by e2e/cluster (uses its STATE, PKI, BIN, log, die, sign, start,
+# stop_batch, wait_condition, ...).
+#
+# One kubelet (built from the same k8s.io/kubernetes module as the API
+# server) joins the cluster as node $REAL_NODE_NAME and runs real containers
+# with containerd, runc and the CNI plugins, all built from the Go modules
+# pinned in e2e/harness/runtime/go.mod. No registry: the sandbox (pause) and
+# task (busybox) images are made here as docker-archive tarballs and
+# imported into containerd. The node is tainted
+# baton.dev/real-node=true:NoSchedule, so only pods that tolerate it land
+# on it; the kwok nodes stay for everything else.
+#
+# Everything lives under $STATE/real-node, except what the kubelet,
+# containerd, runc and the CNI plugins write wherever their configuration
+# says (REAL_NODE_PATHS) and the kernel settings the kubelet and the bridge
+# plugin change (REAL_NODE_SYSCTLS): `up` records what was there before it
+# started anything (real-node/machine.orig), `down` removes what was not
+# and restores the settings.
+
+RN="$STATE/real-node"
+RN_PORTS="$RN/ports.env"
+REAL_NODE_NAME=baton-real-node
+REAL_NODE_TAINT=baton.dev/real-node
+REAL_COMPONENTS=(containerd kubelet)
+RUNTIME_HARNESS="$HARNESS/runtime"
+# The pod network: one Linux bridge, addresses from host-local IPAM.
+REAL_NODE_BRIDGE=baton0
+REAL_NODE_POD_SUBNET=10.89.0.0/24
+# Written by the kubelet, containerd, runc or libcni outside their
+# configured dirs (hardcoded paths).
+REAL_NODE_PATHS=(/var/lib/kubelet /run/containerd /run/runc /var/lib/cni /run/netns
+	/var/log/pods /var/log/containers /opt/containerd /run/nri /opt/nri /etc/nri)
+# Set by the kubelet at start (unless protectKernelDefaults) and by the
+# bridge plugin (ip_forward, for isGateway).
+REAL_NODE_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
+	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
+
+load_runtime_versions() {
+	local mod="$RUNTIME_HARNESS/go.mod"
+	CONTAINERD_VERSION="$(modver "$mod" github.com/containerd/containerd/v2)"
+	RUNC_VERSION="$(modver "$mod" github.com/opencontainers/runc)"
+	CNI_VERSION="$(modver "$mod" github.com/containernetworking/plugins)"
+	# The pause binary is ours: its version is a hash of its source.
+	PAUSE_VERSION="$(cat "$RUNTIME_HARNESS/pause/main.go" | sha256sum | cut -c1-12)"
+}
+
+containerd_dir() { echo "$BIN/containerd-$CONTAINERD_VERSION"; }
+cni_dir() { echo "$BIN/cni-plugins-$CNI_VERSION"; }
+
+# real_node_build: builds the runtime pieces that are not cached; returns
+# 1 when everything was cached.
+real_node_build() {
+	local cd cni specs=() built=1
+	cd="containerd-$CONTAINERD_VERSION"
+	cni="cni-plugins-$CNI_VERSION"
+	local spec
+	for spec in \
+		"$cd/containerd=github.com/containerd/containerd/v2/cmd/containerd" \
+		"$cd/containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2" \
+		"$cd/ctr=github.com/containerd/containerd/v2/cmd/ctr" \
+		"$cni/bridge=github.com/containernetworking/plugins/plugins/main/bridge" \
+		"$cni/loopback=github.com/containernetworking/plugins/plugins/main/loopback" \
+		"$cni/host-local=github.com/containernetworking/plugins/plugins/ipam/host-local" \
+		"pause=baton.dev/e2e/harness/runtime/pause"; do
+		[[ -x $(dest_of "${spec%%=*}") ]] || specs+=("$spec")
+	done
+	if ((${#specs[@]})); then
+		# No btrfs, devmapper, zfs or aufs snapshotters: overlayfs only,
+		# and no C libraries needed.
+		GO_TAGS=no_btrfs,no_devmapper,no_zfs,no_aufs go_build "$RUNTIME_HARNESS" containerd "${specs[@]}"
+		built=0
+	fi
+	if [[ ! -x $(bin_of runc) ]]; then
+		# runc's nsenter is C: cgo, without the seccomp tag (no libseccomp).
+		command -v gcc >/dev/null || die "building runc needs gcc (apt-get install gcc)"
+		GO_CGO=1 go_build "$RUNTIME_HARNESS" runc "runc=github.com/opencontainers/runc"
+		built=0
+	fi
+	return $built
+}
+
+have_rn_ports() { [[ -f $RN_PORTS ]] && . "$RN_PORTS"; [[ -n ${KUBELET_PORT:-} ]]; }
+
+# node_ip: the kubelet refuses a loopback address; the first global IPv4
+# address of the machine (BATON_E2E_NODE_IP overrides it). The API server
+# reaches the kubelet there (InternalIP).
+node_ip() {
+	if [[ -n ${BATON_E2E_NODE_IP:-} ]]; then
+		echo "$BATON_E2E_NODE_IP"
+		return
+	fi
+	ip -4 -o addr show scope global | awk '{ sub(/\/.*/, "", $4); print $4; exit }'
+}
+
+real_node_check() {
+	[[ $(id -u) == 0 ]] || die "--real-node needs root (the kubelet and runc create cgroups, mounts and network namespaces)"
+	grep -qw overlay /proc/filesystems || die "--real-node needs overlayfs (modprobe overlay)"
+	[[ -d /sys/fs/cgroup/memory || -f /sys/fs/cgroup/cgroup.controllers ]] || die "--real-node needs cgroups (v1 memory controller or v2)"
+	command -v ip >/dev/null || die "--real-node needs ip (iproute2)"
+	if [[ ! -x /bin/busybox ]] || ! /bin/busybox --list >/dev/null 2>&1; then
+		log "installing Debian's busybox-static (the task image's shell)"
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null; } ||
+			die "could not install busybox-static"
+	fi
+}
+
+# record_machine: what was on the machine before the real node first
+# started (kept until down has cleaned up).
+record_machine() {
+	[[ -f $RN/machine.orig ]] && return 0
+	local p s
+	{
+		for p in "${REAL_NODE_PATHS[@]}"; do [[ -e $p || -L $p ]] && echo "path $p"; done
+		for s in "${REAL_NODE_SYSCTLS[@]}"; do echo "sysctl $s $(cat "/proc/sys/$s")"; done
+		ip link show "$REAL_NODE_BRIDGE" >/dev/null 2>&1 && echo "link $REAL_NODE_BRIDGE"
+		for p in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do [[ -d $p ]] && echo "path $p"; done
+	} >"$RN/machine.orig.tmp"
+	mv "$RN/machine.orig.tmp" "$RN/machine.orig"
+}
+
+gen_real_node_certs() {
+	mkdir -p "$PKI/real-node"
+	[[ -f $PKI/real-node/kubelet-client.crt ]] ||
+		sign real-node/kubelet-client "/O=system:nodes/CN=system:node:$REAL_NODE_NAME" "extendedKeyUsage=clientAuth"
+	# The serving certificate names the node's address, which may change.
+	if [[ ! -f $PKI/real-node/kubelet.crt ]] ||
+		! openssl x509 -in "$PKI/real-node/kubelet.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$NODE_IP\$"; then
+		sign real-node/kubelet "/CN=system:node:$REAL_NODE_NAME" "extendedKeyUsage=serverAuth
+subjectAltName=IP:$NODE_IP,DNS:$REAL_NODE_NAME"
+	fi
+}
+
+write_containerd_config() {
+	mkdir -p "$RN/containerd" "$RN/cni/net.d"
+	cat >"$RN/containerd/config.toml" <<EOF
+# Written by e2e/cluster up --real-node.
+version = 3
+root = "$RN/containerd/root"
+state = "$RN/containerd/state"
+# NRI and the opt plugin write under /run, /opt and /etc; not needed here.
+disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
+
+[grpc]
+  address = "$RN/containerd/containerd.sock"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # Root here may lack CAP_SYS_RESOURCE: without this every sandbox fails
+  # with "runc create failed: can't get final child's PID from pipe: EOF".
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  # Pods' network namespaces under the state dir, not /run/netns.
+  netns_mounts_under_state_dir = true
+  enable_cdi = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["$(cni_dir)"]
+    conf_dir = "$RN/cni/net.d"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "$(bin_of runc)"
+        Root = "$RN/runc"
+        SystemdCgroup = false
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "$PAUSE_IMAGE"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+EOF
+	cat >"$RN/cni/net.d/10-baton-e2e.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "baton-e2e",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$REAL_NODE_BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$REAL_NODE_POD_SUBNET"}]],
+        "dataDir": "$RN/cni/ipam"
+      }
+    }
+  ]
+}
+EOF
+}
+
+write_kubelet_config() {
+	mkdir -p "$RN/kubelet"
+	write_kubeconfig "$RN/kubelet.kubeconfig" real-node/kubelet-client
+	cat >"$RN/kubelet.yaml" <<EOF
+# Written by e2e/cluster up --real-node.
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: "$NODE_IP"
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+tlsCertFile: "$PKI/real-node/kubelet.crt"
+tlsPrivateKeyFile: "$PKI/real-node/kubelet.key"
+# Only the API server (its kubelet client certificate, see the
+# ClusterRoleBinding baton-e2e:kubelet-api) and other holders of the
+# cluster's certificates or tokens, each authorized by the API server.
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: "$PKI/ca.crt"}
+authorization: {mode: Webhook}
+containerRuntimeEndpoint: "unix://$RN/containerd/containerd.sock"
+# cgroups v1 (hybrid) here; no systemd.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+failSwapOn: false
+podLogsDir: "$RN/pod-logs"
+registerWithTaints:
+- {key: $REAL_NODE_TAINT, value: "true", effect: NoSchedule}
+# The disk may be fuller than the defaults allow (10% free): evict only
+# when it is nearly full, and never collect the imported images.
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  nodefs.inodesFree: 1%
+  imagefs.available: 1%
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+maxPods: 50
+EOF
+}
+
+real_node_args_of() {
+	case "$1" in
+	containerd) ARGS=(--config "$RN/containerd/config.toml") ;;
+	kubelet)
+		ARGS=(--config="$RN/kubelet.yaml" --kubeconfig="$RN/kubelet.kubeconfig"
+			--root-dir="$RN/kubelet" --hostname-override="$REAL_NODE_NAME" --node-ip="$NODE_IP"
+			--node-labels="$REAL_NODE_TAINT=true")
+		;;
+	esac
+}
+
+ctr_() { "$(containerd_dir)/ctr" --address "$RN/containerd/containerd.sock" "$@"; }
+
+real_node_healthy() {
+	case "$1" in
+	containerd) [[ -S $RN/containerd/containerd.sock ]] && ctr_ version >/dev/null 2>&1 ;;
+	kubelet) [[ $(curl -fsS --max-time 3 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" 2>/dev/null) == ok ]] ;;
+	esac
+}
+
+# docker_archive <out.tar> <tag> <rootfs dir> <entrypoint as a JSON array>:
+# a one-layer image in the format `docker save` writes (a tar of the layer,
+# the image config and manifest.json), which `ctr images import` reads.
+docker_archive() {
+	local out="$1" tag="$2" rootfs="$3" entrypoint="$4" work diff
+	work="$(mktemp -d "$RN/.image.XXXXXX")"
+	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
+	diff="$(sha256sum <"$work/layer.tar" | cut -d' ' -f1)"
+	printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+		"$entrypoint" "$diff" >"$work/config.json"
+	printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$tag" >"$work/manifest.json"
+	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work" -cf "$out.tmp" manifest.json config.json layer.tar
+	mv "$out.tmp" "$out"
+	rm -rf "$work"
+}
+
+# The images the real node runs: the sandbox's pause and a busybox for
+# tasks (Debian's busybox-static, its applets as symlinks).
+BUSYBOX_IMAGE=localhost/baton-e2e/busybox:latest
+real_node_images() {
+	PAUSE_IMAGE="localhost/baton-e2e/pause:$PAUSE_VERSION"
+	mkdir -p "$RN/images"
+	local tmp
+	if [[ ! -f $RN/images/pause-$PAUSE_VERSION.tar ]]; then
+		tmp="$(mktemp -d "$RN/.rootfs.XXXXXX")"
+		cp "$(bin_of pause)" "$tmp/pause"
+		docker_archive "$RN/images/pause-$PAUSE_VERSION.tar" "$PAUSE_IMAGE" "$tmp" '["/pause"]'
+		rm -rf "$tmp"
+	fi
+	if [[ ! -f $RN/images/busybox.tar || /bin/busybox -nt $RN/images/busybox.tar ]]; then
+		tmp="$(mktemp -d "$RN/.rootfs.XXXXXX")"
+		mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/tmp" "$tmp/dev" "$tmp/proc" "$tmp/sys"
+		chmod 1777 "$tmp/tmp"
+		cp /bin/busybox "$tmp/bin/busybox"
+		local a
+		for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -s busybox "$tmp/bin/$a"; done
+		printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$tmp/etc/passwd"
+		printf 'root:x:0:\nnogroup:x:65534:\n' >"$tmp/etc/group"
+		docker_archive "$RN/images/busybox.tar" "$BUSYBOX_IMAGE" "$tmp" '["/bin/sh"]'
+		rm -rf "$tmp"
+	fi
+}
+
+import_images() {
+	local have f
+	have="$(ctr_ -n k8s.io images ls -q)"
+	for f in "$PAUSE_IMAGE=$RN/images/pause-$PAUSE_VERSION.tar" "$BUSYBOX_IMAGE=$RN/images/busybox.tar"; do
+		if ! grep -qxF "${f%%=*}" <<<"$have" || [[ ${f#*=} -nt $RN/images/.imported-${f##*/} ]]; then
+			ctr_ -n k8s.io images import --platform linux/amd64 "${f#*=}" >/dev/null
+			touch "$RN/images/.imported-${f##*/}"
+			log "imported ${f%%=*} into containerd"
+		fi
+	done
+}
+
+# real_ensure_up <timeout> <component>: start it and wait until healthy.
+real_ensure_up() {
+	local rc=0
+	start "$2"
+	wait_healthy "$2" "$1" || rc=$?
+	((rc == 0)) || die "$2 could not bind its port; see $LOGS/$2.log (e2e/cluster down, then up again)"
+}
+
+real_node_up() {
+	local t0=$SECONDS
+	real_node_check
+	mkdir -p "$RN"
+	NODE_IP="$(node_ip)"
+	[[ -n $NODE_IP ]] || die "no global IPv4 address for the real node (set BATON_E2E_NODE_IP)"
+	if ! have_rn_ports; then
+		KUBELET_PORT="$(random_port)"
+		KUBELET_HEALTHZ_PORT="$(random_port)"
+	fi
+	printf 'KUBELET_PORT=%s\nKUBELET_HEALTHZ_PORT=%s\nNODE_IP=%s\n' "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" "$NODE_IP" >"$RN_PORTS"
+	record_machine
+	gen_real_node_certs
+	# The API server's kubelet client certificate may use the kubelet's
+	# API (logs, exec, port-forward), as kubeadm sets it up.
+	kubectl --kubeconfig="$KUBECONFIG_FILE" apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "baton-e2e:kubelet-api"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kubelet-api-admin"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-apiserver-kubelet-client}
+EOF
+	real_node_images
+	write_containerd_config
+	real_ensure_up 30 containerd
+	import_images
+	write_kubelet_config
+	real_ensure_up 60 kubelet
+	wait_condition 90 Ready "node/$REAL_NODE_NAME" || die "node $REAL_NODE_NAME did not become Ready; see $LOGS/kubelet.log"
+	log "real node $REAL_NODE_NAME Ready ($NODE_IP, kubelet port $KUBELET_PORT) in $((SECONDS - t0))s"
+}
+
+real_node_status() {
+	[[ -d $RN ]] || return 0
+	have_rn_ports || true
+	local c pid health
+	for c in "${REAL_COMPONENTS[@]}"; do
+		if pid="$(pid_of "$c")"; then
+			if healthy "$c"; then health=ok; else health=unhealthy; fi
+		else
+			pid=-
+			health=stopped
+		fi
+		printf '%-24s %-8s %-7s %-8s %s\n' "$c" "$pid" "$(port_of "$c")" "$health" "$(version_of "$c")"
+	done
+}
+
+# pids_with_exe <path>: the processes running that binary.
+pids_with_exe() {
+	local p
+	for p in /proc/[0-9]*; do
+		[[ $(readlink "$p/exe" 2>/dev/null) == "$1" ]] && echo "${p#/proc/}"
+	done
+	return 0
+}
+
+# unmount_under <dir>...: every mount at or below the dirs, deepest first.
+unmount_under() {
+	local d m
+	for d in "$@"; do
+		[[ -e $d ]] || continue
+		d="$(realpath "$d")"
+		awk -v d="$d" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+			while IFS= read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+	done
+}
+
+real_node_down() {
+	[[ -d $RN ]] || return 0
+	have_rn_ports || true
+	stop_batch kubelet
+	# The pods' containers outlive containerd (each has its shim): kill
+	# them through containerd while it runs, then the shims left over.
+	if pid_of containerd >/dev/null; then
+		local ns t
+		for ns in $(ctr_ namespaces ls -q 2>/dev/null); do
+			for t in $(ctr_ -n "$ns" tasks ls -q 2>/dev/null); do
+				ctr_ -n "$ns" tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+			done
+		done
+		sleep 0.5
+		for ns in $(ctr_ namespaces ls -q 2>/dev/null); do
+			for t in $(ctr_ -n "$ns" tasks ls -q 2>/dev/null); do
+				ctr_ -n "$ns" tasks delete -f "$t" >/dev/null 2>&1 || true
+			done
+		done
+	fi
+	stop_batch containerd
+	local pid f cg
+	for pid in $(pids_with_exe "$(containerd_dir)/containerd-shim-runc-v2"); do
+		log "killing a leftover shim (pid $pid)"
+		kill -KILL "$pid" 2>/dev/null || true
+	done
+	# Processes still in the pods' cgroups (a container whose shim died).
+	for f in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
+		/sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
+		[[ -f $f ]] || continue
+		while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$f"
+	done
+	sleep 0.2
+	unmount_under "$RN" /run/containerd /run/netns /var/lib/kubelet
+	# Whatever is still mounted there keeps its files: --one-file-system.
+	rm -rf --one-file-system "$RN/containerd/root" "$RN/containerd/state" "$RN/kubelet" "$RN/runc" \
+		"$RN/cni/ipam" "$RN/pod-logs" 2>/dev/null || log "could not remove all of $RN (still mounted?)"
+	local orig="$RN/machine.orig"
+	if [[ -f $orig ]]; then
+		if ip link show "$REAL_NODE_BRIDGE" >/dev/null 2>&1 && ! grep -qxF "link $REAL_NODE_BRIDGE" "$orig"; then
+			ip link delete "$REAL_NODE_BRIDGE" && log "deleted the bridge $REAL_NODE_BRIDGE"
+		fi
+		# The pods' cgroups, deepest first.
+		for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+			[[ -d $cg ]] || continue
+			grep -qxF "path $cg" "$orig" && continue
+			find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+			[[ -d $cg ]] && log "could not remove the cgroup $cg"
+		done
+		local p
+		for p in "${REAL_NODE_PATHS[@]}"; do
+			[[ -e $p || -L $p ]] || continue
+			grep -qxF "path $p" "$orig" && continue
+			rm -rf --one-file-system "$p" && log "removed $p" || log "could not remove $p"
+		done
+		local kind name value
+		while read -r kind name value; do
+			[[ $kind == sysctl ]] || continue
+			[[ $(cat "/proc/sys/$name") == "$value" ]] && continue
+			echo "$value" >"/proc/sys/$name" && log "restored ${name//\//.}=$value"
+		done <"$orig"
+		rm -f "$orig"
+	fi
+	log "real node stopped and cleaned"
+}
+
+# real_node_smoke: runs a busybox pod on the real node and checks what a
+# task needs from it: the command runs, the pod Succeeds, `kubectl logs`
+# shows its output, and the termination message comes back.
+real_node_smoke() {
+	local k=(kubectl --kubeconfig="$KUBECONFIG_FILE") ns=default pod="real-node-smoke-$$" t0 phase out msg
+	t0=$EPOCHREALTIME
+	"${k[@]}" -n "$ns" apply -f - >/dev/null <<EOF2
+apiVersion: v1
+kind: Pod
+metadata: {name: $pod}
+spec:
+  restartPolicy: Never
+  nodeSelector: {$REAL_NODE_TAINT: "true"}
+  tolerations: [{key: $REAL_NODE_TAINT, operator: Exists, effect: NoSchedule}]
+  containers:
+  - name: main
+    image: $BUSYBOX_IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo hello; echo my-result > /dev/termination-log']
+EOF2
+	local deadline=$((SECONDS + 60))
+	until phase="$("${k[@]}" -n "$ns" get pod "$pod" -o jsonpath='{.status.phase}')" && [[ $phase == Succeeded || $phase == Failed ]]; do
+		((SECONDS < deadline)) || { "${k[@]}" -n "$ns" describe pod "$pod" >&2; die "pod $pod: phase '$phase' after 60s"; }
+		sleep 0.2
+	done
+	log "pod $pod $phase $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s after its create"
+	out="$("${k[@]}" -n "$ns" logs "$pod")"
+	msg="$("${k[@]}" -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].state.terminated.message}')"
+	"${k[@]}" -n "$ns" delete pod "$pod" --wait=false >/dev/null
+	[[ $phase == Succeeded ]] || die "pod $pod: $phase"
+	[[ $out == hello ]] || die "kubectl logs $pod: '$out', not 'hello'"
+	[[ $msg == my-result ]] || die "termination message of $pod: '$msg', not 'my-result'"
+	log "real node OK: phase Succeeded, kubectl logs 'hello', termination message 'my-result'"
+}
