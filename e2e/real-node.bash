@@ -73,9 +73,16 @@ real_node_build() {
 		built=0
 	fi
 	if [[ ! -x $(bin_of runc) ]]; then
-		# runc's nsenter is C: cgo, without the seccomp tag (no libseccomp).
+		# runc's nsenter is C, and its seccomp support (containerd gives
+		# every sandbox the RuntimeDefault profile) needs libseccomp: cgo,
+		# linked with Debian's libseccomp.
 		command -v gcc >/dev/null || die "building runc needs gcc (apt-get install gcc)"
-		GO_CGO=1 go_build "$RUNTIME_HARNESS" runc "runc=github.com/opencontainers/runc"
+		if ! pkg-config --exists libseccomp 2>/dev/null; then
+			log "installing Debian's libseccomp-dev (runc's seccomp support)"
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libseccomp-dev pkg-config >/dev/null; } ||
+				die "could not install libseccomp-dev"
+		fi
+		GO_CGO=1 GO_TAGS=seccomp go_build "$RUNTIME_HARNESS" runc "runc=github.com/opencontainers/runc"
 		built=0
 	fi
 	return $built
