@@ -31,7 +31,8 @@ REAL_NODE_POD_SUBNET=10.89.0.0/24
 # Written by the kubelet, containerd, runc or libcni outside their
 # configured dirs (hardcoded paths).
 REAL_NODE_PATHS=(/var/lib/kubelet /run/containerd /run/runc /var/lib/cni /run/netns
-	/var/log/pods /var/log/containers /opt/containerd /run/nri /opt/nri /etc/nri)
+	/var/log/pods /var/log/containers /opt/containerd /run/nri /opt/nri /etc/nri
+	/usr/libexec/kubernetes /run/mount)
 # Set by the kubelet at start (unless protectKernelDefaults) and by the
 # bridge plugin (ip_forward, for isGateway).
 REAL_NODE_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
@@ -230,6 +231,9 @@ failCgroupV1: false
 cgroupDriver: cgroupfs
 failSwapOn: false
 podLogsDir: "$RN/pod-logs"
+# Not /usr/libexec/kubernetes/kubelet-plugins/volume/exec/, which the
+# kubelet would create.
+volumePluginDir: "$RN/volume-plugins"
 registerWithTaints:
 - {key: $REAL_NODE_TAINT, value: "true", effect: NoSchedule}
 # The disk may be fuller than the defaults allow (10% free): evict only
@@ -432,7 +436,7 @@ real_node_down() {
 	unmount_under "$RN" /run/containerd /run/netns /var/lib/kubelet
 	# Whatever is still mounted there keeps its files: --one-file-system.
 	rm -rf --one-file-system "$RN/containerd/root" "$RN/containerd/state" "$RN/kubelet" "$RN/runc" \
-		"$RN/cni/ipam" "$RN/pod-logs" 2>/dev/null || log "could not remove all of $RN (still mounted?)"
+		"$RN/cni/ipam" "$RN/pod-logs" "$RN/volume-plugins" 2>/dev/null || log "could not remove all of $RN (still mounted?)"
 	local orig="$RN/machine.orig"
 	if [[ -f $orig ]]; then
 		if ip link show "$REAL_NODE_BRIDGE" >/dev/null 2>&1 && ! grep -qxF "link $REAL_NODE_BRIDGE" "$orig"; then
