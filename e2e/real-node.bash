@@ -23,7 +23,7 @@ RN="$STATE/real-node"
 RN_PORTS="$RN/ports.env"
 REAL_NODE_NAME=baton-real-node
 REAL_NODE_TAINT=baton.dev/real-node
-REAL_COMPONENTS=(containerd kubelet)
+REAL_COMPONENTS=(containerd kubelet kube-proxy)
 RUNTIME_HARNESS="$HARNESS/runtime"
 # The pod network: one Linux bridge, addresses from host-local IPAM.
 REAL_NODE_BRIDGE=baton0
@@ -36,7 +36,9 @@ REAL_NODE_PATHS=(/var/lib/kubelet /run/containerd /run/runc /var/lib/cni /run/ne
 # Set by the kubelet at start (unless protectKernelDefaults) and by the
 # bridge plugin (ip_forward, for isGateway).
 REAL_NODE_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
-	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
+	kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward
+	net/ipv4/conf/all/route_localnet net/netfilter/nf_conntrack_max
+	net/netfilter/nf_conntrack_tcp_timeout_established net/netfilter/nf_conntrack_tcp_timeout_close_wait)
 
 load_runtime_versions() {
 	local mod="$RUNTIME_HARNESS/go.mod"
@@ -45,6 +47,7 @@ load_runtime_versions() {
 	CNI_VERSION="$(modver "$mod" github.com/containernetworking/plugins)"
 	# The pause binary is ours: its version is a hash of its source.
 	PAUSE_VERSION="$(cat "$RUNTIME_HARNESS/pause/main.go" | sha256sum | cut -c1-12)"
+	KUBEPROBE_VERSION="$(cat "$RUNTIME_HARNESS/kubeprobe/main.go" | sha256sum | cut -c1-12)"
 }
 
 containerd_dir() { echo "$BIN/containerd-$CONTAINERD_VERSION"; }
@@ -64,7 +67,8 @@ real_node_build() {
 		"$cni/bridge=github.com/containernetworking/plugins/plugins/main/bridge" \
 		"$cni/loopback=github.com/containernetworking/plugins/plugins/main/loopback" \
 		"$cni/host-local=github.com/containernetworking/plugins/plugins/ipam/host-local" \
-		"pause=baton.dev/e2e/harness/runtime/pause"; do
+		"pause=baton.dev/e2e/harness/runtime/pause" \
+		"kubeprobe=baton.dev/e2e/harness/runtime/kubeprobe"; do
 		[[ -x $(dest_of "${spec%%=*}") ]] || specs+=("$spec")
 	done
 	if ((${#specs[@]})); then
@@ -107,6 +111,11 @@ real_node_check() {
 	grep -qw overlay /proc/filesystems || die "--real-node needs overlayfs (modprobe overlay)"
 	[[ -d /sys/fs/cgroup/memory || -f /sys/fs/cgroup/cgroup.controllers ]] || die "--real-node needs cgroups (v1 memory controller or v2)"
 	command -v ip >/dev/null || die "--real-node needs ip (iproute2)"
+	if ! command -v nft >/dev/null; then
+		log "installing Debian's nftables (kube-proxy's nftables mode)"
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null; } ||
+			die "could not install nftables"
+	fi
 	if [[ ! -x /bin/busybox ]] || ! /bin/busybox --list >/dev/null 2>&1; then
 		log "installing Debian's busybox-static (the task image's shell)"
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null; } ||
@@ -123,6 +132,8 @@ record_machine() {
 		for p in "${REAL_NODE_PATHS[@]}"; do [[ -e $p || -L $p ]] && echo "path $p"; done
 		for s in "${REAL_NODE_SYSCTLS[@]}"; do echo "sysctl $s $(cat "/proc/sys/$s")"; done
 		ip link show "$REAL_NODE_BRIDGE" >/dev/null 2>&1 && echo "link $REAL_NODE_BRIDGE"
+		local fam
+		for fam in ip ip6; do nft list table "$fam" kube-proxy >/dev/null 2>&1 && echo "nft $fam kube-proxy"; done
 		for p in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do [[ -d $p ]] && echo "path $p"; done
 	} >"$RN/machine.orig.tmp"
 	mv "$RN/machine.orig.tmp" "$RN/machine.orig"
@@ -132,6 +143,8 @@ gen_real_node_certs() {
 	mkdir -p "$PKI/real-node"
 	[[ -f $PKI/real-node/kubelet-client.crt ]] ||
 		sign real-node/kubelet-client "/O=system:nodes/CN=system:node:$REAL_NODE_NAME" "extendedKeyUsage=clientAuth"
+	[[ -f $PKI/real-node/kube-proxy.crt ]] ||
+		sign real-node/kube-proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
 	# The serving certificate names the node's address, which may change.
 	if [[ ! -f $PKI/real-node/kubelet.crt ]] ||
 		! openssl x509 -in "$PKI/real-node/kubelet.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$NODE_IP\$"; then
@@ -191,6 +204,7 @@ EOF
       "type": "bridge",
       "bridge": "$REAL_NODE_BRIDGE",
       "isGateway": true,
+      "isDefaultGateway": true,
       "ipMasq": false,
       "ipam": {
         "type": "host-local",
@@ -249,6 +263,81 @@ maxPods: 50
 EOF
 }
 
+write_kube_proxy_config() {
+	write_kubeconfig "$RN/kube-proxy.kubeconfig" real-node/kube-proxy
+	# kube-proxy exits when its configuration file changes: rewritten only
+	# when its content does.
+	cat >"$RN/kube-proxy.yaml.new" <<EOF
+# Written by e2e/cluster up --real-node.
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: "$RN/kube-proxy.kubeconfig"}
+mode: nftables
+hostnameOverride: $REAL_NODE_NAME
+clusterCIDR: $REAL_NODE_POD_SUBNET
+healthzBindAddress: "127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT"
+metricsBindAddress: "127.0.0.1:$KUBE_PROXY_METRICS_PORT"
+# Leave the machine's conntrack settings alone.
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+EOF
+	if cmp -s "$RN/kube-proxy.yaml.new" "$RN/kube-proxy.yaml"; then
+		rm -f "$RN/kube-proxy.yaml.new"
+	else
+		mv "$RN/kube-proxy.yaml.new" "$RN/kube-proxy.yaml"
+	fi
+}
+
+# The control plane's settings for in-cluster clients (pods on the real
+# node): the API server listens on every address and advertises the
+# node's, so that the kubernetes Service's endpoint (lease reconciler) is
+# reachable from pods; ServiceAccount admission mounts tokens; the
+# controller manager publishes kube-root-ca.crt. Only with --real-node.
+real_node_adjust_args() {
+	local i
+	case "$1" in
+	kube-apiserver)
+		for i in "${!ARGS[@]}"; do
+			case "${ARGS[$i]}" in
+			--bind-address=*) ARGS[i]=--bind-address=0.0.0.0 ;;
+			--advertise-address=*) ARGS[i]=--advertise-address=$NODE_IP ;;
+			--disable-admission-plugins=*) ARGS[i]=--disable-admission-plugins=TaintNodesByCondition ;;
+			--endpoint-reconciler-type=*) ARGS[i]=--endpoint-reconciler-type=lease ;;
+			esac
+		done
+		;;
+	kube-controller-manager)
+		for i in "${!ARGS[@]}"; do
+			case "${ARGS[$i]}" in
+			--controllers=*) ARGS[i]="${ARGS[$i]},root-ca-certificate-publisher-controller" ;;
+			esac
+		done
+		ARGS+=(--root-ca-file="$PKI/ca.crt")
+		;;
+	esac
+}
+
+# real_node_control_plane: before the control plane starts: the node's
+# address, the API server's certificate for it, and a restart of the
+# components started without the settings above.
+real_node_control_plane() {
+	real_node_check
+	mkdir -p "$RN"
+	NODE_IP="$(node_ip)"
+	[[ -n $NODE_IP ]] || die "no global IPv4 address for the real node (set BATON_E2E_NODE_IP)"
+	if ! openssl x509 -in "$PKI/apiserver.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$NODE_IP\(,\|$\)"; then
+		log "signing the API server's certificate for $NODE_IP too"
+		sign apiserver "/CN=kube-apiserver" \
+			"extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+	fi
+	restart_without kube-apiserver "--advertise-address=$NODE_IP" "the real node's settings"
+	restart_without kube-controller-manager --root-ca-file= "the real node's settings"
+}
+
 real_node_args_of() {
 	case "$1" in
 	containerd) ARGS=(--config "$RN/containerd/config.toml") ;;
@@ -257,6 +346,7 @@ real_node_args_of() {
 			--root-dir="$RN/kubelet" --hostname-override="$REAL_NODE_NAME" --node-ip="$NODE_IP"
 			--node-labels="$REAL_NODE_TAINT=true")
 		;;
+	kube-proxy) ARGS=(--config="$RN/kube-proxy.yaml") ;;
 	esac
 }
 
@@ -266,6 +356,7 @@ real_node_healthy() {
 	case "$1" in
 	containerd) [[ -S $RN/containerd/containerd.sock ]] && ctr_ version >/dev/null 2>&1 ;;
 	kubelet) [[ $(curl -fsS --max-time 3 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" 2>/dev/null) == ok ]] ;;
+	kube-proxy) curl -fsS --max-time 3 "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/healthz" >/dev/null 2>&1 ;;
 	esac
 }
 
@@ -298,16 +389,18 @@ real_node_images() {
 		docker_archive "$RN/images/pause-$PAUSE_VERSION.tar" "$PAUSE_IMAGE" "$tmp" '["/pause"]'
 		rm -rf "$tmp"
 	fi
-	if [[ ! -f $RN/images/busybox.tar || /bin/busybox -nt $RN/images/busybox.tar ]]; then
+	local bb="$RN/images/busybox-$KUBEPROBE_VERSION.tar"
+	if [[ ! -f $bb || /bin/busybox -nt $bb ]]; then
 		tmp="$(mktemp -d "$RN/.rootfs.XXXXXX")"
 		mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/tmp" "$tmp/dev" "$tmp/proc" "$tmp/sys"
 		chmod 1777 "$tmp/tmp"
 		cp /bin/busybox "$tmp/bin/busybox"
+		cp "$(bin_of kubeprobe)" "$tmp/bin/kubeprobe"
 		local a
 		for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -s busybox "$tmp/bin/$a"; done
 		printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$tmp/etc/passwd"
 		printf 'root:x:0:\nnogroup:x:65534:\n' >"$tmp/etc/group"
-		docker_archive "$RN/images/busybox.tar" "$BUSYBOX_IMAGE" "$tmp" '["/bin/sh"]'
+		docker_archive "$bb" "$BUSYBOX_IMAGE" "$tmp" '["/bin/sh"]'
 		rm -rf "$tmp"
 	fi
 }
@@ -315,7 +408,7 @@ real_node_images() {
 import_images() {
 	local have f
 	have="$(ctr_ -n k8s.io images ls -q)"
-	for f in "$PAUSE_IMAGE=$RN/images/pause-$PAUSE_VERSION.tar" "$BUSYBOX_IMAGE=$RN/images/busybox.tar"; do
+	for f in "$PAUSE_IMAGE=$RN/images/pause-$PAUSE_VERSION.tar" "$BUSYBOX_IMAGE=$RN/images/busybox-$KUBEPROBE_VERSION.tar"; do
 		if ! grep -qxF "${f%%=*}" <<<"$have" || [[ ${f#*=} -nt $RN/images/.imported-${f##*/} ]]; then
 			ctr_ -n k8s.io images import --platform linux/amd64 "${f#*=}" >/dev/null
 			touch "$RN/images/.imported-${f##*/}"
@@ -334,15 +427,14 @@ real_ensure_up() {
 
 real_node_up() {
 	local t0=$SECONDS
-	real_node_check
-	mkdir -p "$RN"
-	NODE_IP="$(node_ip)"
-	[[ -n $NODE_IP ]] || die "no global IPv4 address for the real node (set BATON_E2E_NODE_IP)"
-	if ! have_rn_ports; then
-		KUBELET_PORT="$(random_port)"
-		KUBELET_HEALTHZ_PORT="$(random_port)"
-	fi
-	printf 'KUBELET_PORT=%s\nKUBELET_HEALTHZ_PORT=%s\nNODE_IP=%s\n' "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" "$NODE_IP" >"$RN_PORTS"
+	have_rn_ports || true
+	local n
+	for n in KUBELET_PORT KUBELET_HEALTHZ_PORT KUBE_PROXY_HEALTHZ_PORT KUBE_PROXY_METRICS_PORT; do
+		[[ -n ${!n:-} ]] || printf -v "$n" '%s' "$(random_port)"
+	done
+	printf '%s\n' "KUBELET_PORT=$KUBELET_PORT" "KUBELET_HEALTHZ_PORT=$KUBELET_HEALTHZ_PORT" \
+		"KUBE_PROXY_HEALTHZ_PORT=$KUBE_PROXY_HEALTHZ_PORT" "KUBE_PROXY_METRICS_PORT=$KUBE_PROXY_METRICS_PORT" \
+		"NODE_IP=$NODE_IP" >"$RN_PORTS"
 	record_machine
 	gen_real_node_certs
 	# The API server's kubelet client certificate may use the kubelet's
@@ -362,6 +454,8 @@ EOF
 	write_kubelet_config
 	real_ensure_up 60 kubelet
 	wait_condition 90 Ready "node/$REAL_NODE_NAME" || die "node $REAL_NODE_NAME did not become Ready; see $LOGS/kubelet.log"
+	write_kube_proxy_config
+	real_ensure_up 60 kube-proxy
 	log "real node $REAL_NODE_NAME Ready ($NODE_IP, kubelet port $KUBELET_PORT) in $((SECONDS - t0))s"
 }
 
@@ -401,9 +495,10 @@ unmount_under() {
 }
 
 real_node_down() {
-	[[ -d $RN ]] || return 0
+	# Nothing to do unless the real node was started since the last down.
+	[[ -f $RN/machine.orig || -f $PIDS/kubelet.pid || -f $PIDS/containerd.pid ]] || return 0
 	have_rn_ports || true
-	stop_batch kubelet
+	stop_batch kube-proxy kubelet
 	# The pods' containers outlive containerd (each has its shim): kill
 	# them through containerd while it runs, then the shims left over.
 	if pid_of containerd >/dev/null; then
@@ -455,6 +550,12 @@ real_node_down() {
 			grep -qxF "path $p" "$orig" && continue
 			rm -rf --one-file-system "$p" && log "removed $p" || log "could not remove $p"
 		done
+		local fam
+		for fam in ip ip6; do
+			nft list table "$fam" kube-proxy >/dev/null 2>&1 || continue
+			grep -qxF "nft $fam kube-proxy" "$orig" && continue
+			nft delete table "$fam" kube-proxy && log "deleted kube-proxy's nftables table ($fam)"
+		done
 		local kind name value
 		while read -r kind name value; do
 			[[ $kind == sysctl ]] || continue
@@ -466,13 +567,13 @@ real_node_down() {
 	log "real node stopped and cleaned"
 }
 
-# real_node_smoke: runs a busybox pod on the real node and checks what a
-# task needs from it: the command runs, the pod Succeeds, `kubectl logs`
-# shows its output, and the termination message comes back.
-real_node_smoke() {
-	local k=(kubectl --kubeconfig="$KUBECONFIG_FILE") ns=default pod="real-node-smoke-$$" t0 phase out msg
+# smoke_pod <name> <shell command>: runs a busybox pod on the real node
+# until it ends; sets PHASE, LOGS_OUT (kubectl logs) and MESSAGE (the
+# termination message), and deletes it.
+smoke_pod() {
+	local k=(kubectl --kubeconfig="$KUBECONFIG_FILE" -n default) pod="$1" t0
 	t0=$EPOCHREALTIME
-	"${k[@]}" -n "$ns" apply -f - >/dev/null <<EOF2
+	"${k[@]}" apply -f - >/dev/null <<EOF2
 apiVersion: v1
 kind: Pod
 metadata: {name: $pod}
@@ -484,19 +585,31 @@ spec:
   - name: main
     image: $BUSYBOX_IMAGE
     imagePullPolicy: Never
-    command: [sh, -c, 'echo hello; echo my-result > /dev/termination-log']
+    command: [sh, -c, '$2']
 EOF2
 	local deadline=$((SECONDS + 60))
-	until phase="$("${k[@]}" -n "$ns" get pod "$pod" -o jsonpath='{.status.phase}')" && [[ $phase == Succeeded || $phase == Failed ]]; do
-		((SECONDS < deadline)) || { "${k[@]}" -n "$ns" describe pod "$pod" >&2; die "pod $pod: phase '$phase' after 60s"; }
+	until PHASE="$("${k[@]}" get pod "$pod" -o jsonpath='{.status.phase}')" && [[ $PHASE == Succeeded || $PHASE == Failed ]]; do
+		((SECONDS < deadline)) || { "${k[@]}" describe pod "$pod" >&2; die "pod $pod: phase '$PHASE' after 60s"; }
 		sleep 0.2
 	done
-	log "pod $pod $phase $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s after its create"
-	out="$("${k[@]}" -n "$ns" logs "$pod")"
-	msg="$("${k[@]}" -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].state.terminated.message}')"
-	"${k[@]}" -n "$ns" delete pod "$pod" --wait=false >/dev/null
-	[[ $phase == Succeeded ]] || die "pod $pod: $phase"
-	[[ $out == hello ]] || die "kubectl logs $pod: '$out', not 'hello'"
-	[[ $msg == my-result ]] || die "termination message of $pod: '$msg', not 'my-result'"
+	log "pod $pod $PHASE $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s after its create"
+	LOGS_OUT="$("${k[@]}" logs "$pod")"
+	MESSAGE="$("${k[@]}" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].state.terminated.message}')"
+	"${k[@]}" delete pod "$pod" --wait=false >/dev/null
+}
+
+# real_node_smoke: what a task needs from the real node: the command runs,
+# the pod Succeeds, `kubectl logs` shows its output, the termination
+# message comes back; and a pod reaches the API server through the
+# kubernetes Service with its ServiceAccount token.
+real_node_smoke() {
+	smoke_pod "real-node-smoke-$$" 'echo hello; echo my-result > /dev/termination-log'
+	[[ $PHASE == Succeeded ]] || die "the smoke pod: $PHASE"
+	[[ $LOGS_OUT == hello ]] || die "kubectl logs of the smoke pod: '$LOGS_OUT', not 'hello'"
+	[[ $MESSAGE == my-result ]] || die "termination message of the smoke pod: '$MESSAGE', not 'my-result'"
 	log "real node OK: phase Succeeded, kubectl logs 'hello', termination message 'my-result'"
+	smoke_pod "real-node-incluster-$$" 'kubeprobe whoami'
+	[[ $PHASE == Succeeded && $LOGS_OUT == *'"username":"system:serviceaccount:default:default"'* ]] ||
+		die "in-cluster API access from the real node: $PHASE, $LOGS_OUT"
+	log "in-cluster API access OK: the pod is system:serviceaccount:default:default through https://\$KUBERNETES_SERVICE_HOST"
 }
