@@ -295,7 +295,8 @@ EOF
 # node): the API server listens on every address and advertises the
 # node's, so that the kubernetes Service's endpoint (lease reconciler) is
 # reachable from pods; ServiceAccount admission mounts tokens; the
-# controller manager publishes kube-root-ca.crt. Only with --real-node.
+# controller manager publishes kube-root-ca.crt and runs what the chart's
+# Deployment needs (REAL_NODE_CONTROLLERS). Only with --real-node.
 real_node_adjust_args() {
 	local i
 	case "$1" in
@@ -312,13 +313,18 @@ real_node_adjust_args() {
 	kube-controller-manager)
 		for i in "${!ARGS[@]}"; do
 			case "${ARGS[$i]}" in
-			--controllers=*) ARGS[i]="${ARGS[$i]},root-ca-certificate-publisher-controller" ;;
+			--controllers=*) ARGS[i]="${ARGS[$i]},$REAL_NODE_CONTROLLERS" ;;
 			esac
 		done
 		ARGS+=(--root-ca-file="$PKI/ca.crt")
 		;;
 	esac
 }
+
+# What a Deployment (the chart's) needs beyond the controllers the fake
+# nodes need: Deployments, ReplicaSets, the Services' EndpointSlices, the
+# PodDisruptionBudgets' status, and kube-root-ca.crt for in-cluster clients.
+REAL_NODE_CONTROLLERS=deployment-controller,replicaset-controller,endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller
 
 # real_node_control_plane: before the control plane starts: the node's
 # address, the API server's certificate for it, and a restart of the
@@ -335,7 +341,7 @@ real_node_control_plane() {
 subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 	fi
 	restart_without kube-apiserver "--advertise-address=$NODE_IP" "the real node's settings"
-	restart_without kube-controller-manager --root-ca-file= "the real node's settings"
+	restart_without kube-controller-manager "--controllers=.*,$REAL_NODE_CONTROLLERS" "the real node's settings"
 }
 
 real_node_args_of() {
@@ -360,16 +366,18 @@ real_node_healthy() {
 	esac
 }
 
-# docker_archive <out.tar> <tag> <rootfs dir> <entrypoint as a JSON array>:
+# docker_archive <out.tar> <tag> <rootfs dir> <entrypoint as a JSON array>
+# [more of the image config's "config", as JSON members with a trailing comma]:
 # a one-layer image in the format `docker save` writes (a tar of the layer,
 # the image config and manifest.json), which `ctr images import` reads.
 docker_archive() {
-	local out="$1" tag="$2" rootfs="$3" entrypoint="$4" work diff
+	local out="$1" tag="$2" rootfs="$3" entrypoint="$4" more="${5:-}" work diff
 	work="$(mktemp -d "$RN/.image.XXXXXX")"
+	chmod 755 "$rootfs"
 	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
 	diff="$(sha256sum <"$work/layer.tar" | cut -d' ' -f1)"
-	printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-		"$entrypoint" "$diff" >"$work/config.json"
+	printf '{"architecture":"amd64","os":"linux","config":{%s"Entrypoint":%s,"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+		"$more" "$entrypoint" "$diff" >"$work/config.json"
 	printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$tag" >"$work/manifest.json"
 	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work" -cf "$out.tmp" manifest.json config.json layer.tar
 	mv "$out.tmp" "$out"
@@ -612,4 +620,39 @@ real_node_smoke() {
 	[[ $PHASE == Succeeded && $LOGS_OUT == *'"username":"system:serviceaccount:default:default"'* ]] ||
 		die "in-cluster API access from the real node: $PHASE, $LOGS_OUT"
 	log "in-cluster API access OK: the pod is system:serviceaccount:default:default through https://\$KUBERNETES_SERVICE_HOST"
+}
+
+# controller_image: baton's controller image without Docker, from the
+# release binary ($CARGO_TARGET_DIR/release/baton-controller, or
+# BATON_CONTROLLER_BIN): the binary at the Dockerfile's path, the shared
+# libraries it links (ldd) and nothing else but /etc/passwd and
+# /etc/group naming the non-root user; the Dockerfile's entrypoint, user
+# and exposed port. Written to target/image/baton-controller.tar and, when
+# the real node runs, imported into its containerd.
+CONTROLLER_IMAGE_REPO=baton-controller
+controller_image() {
+	local bin="${BATON_CONTROLLER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/baton-controller}"
+	[[ -x $bin ]] || die "$bin is missing: make build first"
+	local version tag out="$ROOT/target/image/baton-controller.tar" tmp lib
+	version="$(awk '$1 == "appVersion:" { gsub(/"/, "", $2); print $2 }' "$ROOT/charts/baton/Chart.yaml")"
+	tag="docker.io/library/$CONTROLLER_IMAGE_REPO:$version"
+	mkdir -p "$ROOT/target/image" "$RN"
+	tmp="$(mktemp -d "$RN/.rootfs.XXXXXX")"
+	cp "$bin" "$tmp/baton-controller"
+	for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+		mkdir -p "$tmp$(dirname "$lib")"
+		cp -L "$lib" "$tmp$lib"
+	done
+	mkdir -p "$tmp/etc" "$tmp/tmp"
+	chmod 1777 "$tmp/tmp"
+	printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$tmp/etc/passwd"
+	printf 'root:x:0:\nnonroot:x:65532:\n' >"$tmp/etc/group"
+	docker_archive "$out" "$tag" "$tmp" '["/baton-controller"]' '"User":"65532:65532","ExposedPorts":{"8080/tcp":{}},'
+	rm -rf "$tmp"
+	log "wrote $out ($tag, $(du -h "$out" | cut -f1))"
+	if pid_of containerd >/dev/null; then
+		ctr_ -n k8s.io images import --platform linux/amd64 "$out" >/dev/null 2>&1 || die "ctr images import $out failed"
+		log "imported $tag into the real node's containerd"
+	fi
+	echo "$tag"
 }
