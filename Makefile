@@ -10,12 +10,17 @@ endif
 # end-to-end tests configure them); `make build` and the benchmarks do not.
 TEST_FEATURES := --features failpoints
 
-.PHONY: all build crds test browser bench-ui screenshots bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
+.PHONY: all build image crds test browser bench-ui screenshots bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
 
 all: build
 
 build:
 	$(CARGO) build --release --bins
+
+## baton's controller image as a tarball, without Docker (e2e/README.md,
+## "The real node"); imported into the real node when it runs.
+image: build
+	e2e/cluster image
 
 ## Regenerate crds/ from the Rust types (and the chart's and kustomize's copies).
 crds:

@@ -322,9 +322,10 @@ real_node_adjust_args() {
 }
 
 # What a Deployment (the chart's) needs beyond the controllers the fake
-# nodes need: Deployments, ReplicaSets, the Services' EndpointSlices, the
+# nodes need: Deployments, ReplicaSets, the Services' Endpoints (the API
+# server's service proxy reads them) and EndpointSlices (kube-proxy), the
 # PodDisruptionBudgets' status, and kube-root-ca.crt for in-cluster clients.
-REAL_NODE_CONTROLLERS=deployment-controller,replicaset-controller,endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller
+REAL_NODE_CONTROLLERS=deployment-controller,replicaset-controller,endpoints-controller,endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller
 
 # real_node_control_plane: before the control plane starts: the node's
 # address, the API server's certificate for it, and a restart of the
