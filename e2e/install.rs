@@ -56,7 +56,7 @@ fn root() -> PathBuf {
 }
 
 /// Runs a command: its stdout on success, else an error with its stderr.
-fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, String> {
+pub(crate) fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, String> {
     use std::io::Write;
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
     if let Some(input) = stdin {
@@ -72,11 +72,11 @@ fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, String> {
 }
 
 /// The pinned helm (built on first use by `e2e/helm`).
-fn helm(args: &[&str]) -> Result<String, String> {
+pub(crate) fn helm(args: &[&str]) -> Result<String, String> {
     run(Command::new(root().join("e2e/helm")).args(args).current_dir(root()), None)
 }
 
-fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
     run(Command::new("kubectl").env("KUBECONFIG", kubeconfig()).args(args), stdin).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -11,6 +11,7 @@ mod failover;
 mod flow;
 mod identity;
 mod install;
+mod real_node;
 mod retention;
 mod rules;
 mod runs;

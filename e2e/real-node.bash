@@ -106,11 +106,51 @@ node_ip() {
 	ip -4 -o addr show scope global | awk '{ sub(/\/.*/, "", $4); print $4; exit }'
 }
 
+# real_node_unmet: why this machine cannot run the real node (prints
+# nothing when it can).
+real_node_unmet() {
+	if [[ $(id -u) != 0 ]]; then
+		echo "needs root (the kubelet and runc create cgroups, mounts and network namespaces)"
+	elif ! grep -qw overlay /proc/filesystems; then
+		echo "needs overlayfs (modprobe overlay)"
+	elif [[ ! -d /sys/fs/cgroup/memory && ! -f /sys/fs/cgroup/cgroup.controllers ]]; then
+		echo "needs cgroups (the v1 memory controller or v2)"
+	elif ! command -v ip >/dev/null; then
+		echo "needs ip (iproute2)"
+	elif ! command -v apt-get >/dev/null && ! { command -v nft >/dev/null && [[ -x /bin/busybox ]]; }; then
+		echo "needs nft (nftables) and /bin/busybox (busybox-static)"
+	elif [[ -z $(node_ip) ]]; then
+		echo "needs a global IPv4 address for the node (or BATON_E2E_NODE_IP)"
+	fi
+}
+
+# resolve_real_node: REAL_NODE=auto becomes 1 when this machine can run the
+# real node and 0 otherwise; the reason is kept in $REAL_NODE_SKIPPED,
+# where the real-node tests read why they were skipped.
+REAL_NODE_SKIPPED="$STATE/real-node.skipped"
+resolve_real_node() {
+	case "$REAL_NODE" in
+	1 | required) REAL_NODE=1; return 0 ;;
+	auto) ;;
+	*) REAL_NODE=0; return 0 ;;
+	esac
+	local why
+	why="$(real_node_unmet)"
+	if [[ -n $why ]]; then
+		mkdir -p "$STATE"
+		echo "this machine cannot run the real node: it $why" >"$REAL_NODE_SKIPPED"
+		log "no real node: it $why"
+		REAL_NODE=0
+	else
+		REAL_NODE=1
+	fi
+}
+
 real_node_check() {
-	[[ $(id -u) == 0 ]] || die "--real-node needs root (the kubelet and runc create cgroups, mounts and network namespaces)"
-	grep -qw overlay /proc/filesystems || die "--real-node needs overlayfs (modprobe overlay)"
-	[[ -d /sys/fs/cgroup/memory || -f /sys/fs/cgroup/cgroup.controllers ]] || die "--real-node needs cgroups (v1 memory controller or v2)"
-	command -v ip >/dev/null || die "--real-node needs ip (iproute2)"
+	local why
+	why="$(real_node_unmet)"
+	[[ -z $why ]] || die "--real-node $why"
+	rm -f "$REAL_NODE_SKIPPED"
 	if ! command -v nft >/dev/null; then
 		log "installing Debian's nftables (kube-proxy's nftables mode)"
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null; } ||
@@ -309,6 +349,9 @@ real_node_adjust_args() {
 			--endpoint-reconciler-type=*) ARGS[i]=--endpoint-reconciler-type=lease ;;
 			esac
 		done
+		# A namespace's annotations may send all its pods to the real node
+		# (e2e/real_node.rs: the samples run there unchanged).
+		ARGS+=(--enable-admission-plugins=PodNodeSelector,PodTolerationRestriction)
 		;;
 	kube-controller-manager)
 		for i in "${!ARGS[@]}"; do
@@ -342,6 +385,7 @@ real_node_control_plane() {
 subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 	fi
 	restart_without kube-apiserver "--advertise-address=$NODE_IP" "the real node's settings"
+	restart_without kube-apiserver "--enable-admission-plugins=PodNodeSelector" "the real node's admission plugins"
 	restart_without kube-controller-manager "--controllers=.*,$REAL_NODE_CONTROLLERS" "the real node's settings"
 }
 
@@ -367,27 +411,30 @@ real_node_healthy() {
 	esac
 }
 
-# docker_archive <out.tar> <tag> <rootfs dir> <entrypoint as a JSON array>
+# docker_archive <out.tar> <tags, space-separated> <rootfs dir> <entrypoint as a JSON array>
 # [more of the image config's "config", as JSON members with a trailing comma]:
 # a one-layer image in the format `docker save` writes (a tar of the layer,
 # the image config and manifest.json), which `ctr images import` reads.
 docker_archive() {
-	local out="$1" tag="$2" rootfs="$3" entrypoint="$4" more="${5:-}" work diff
+	local out="$1" tags="$2" rootfs="$3" entrypoint="$4" more="${5:-}" work diff
 	work="$(mktemp -d "$RN/.image.XXXXXX")"
 	chmod 755 "$rootfs"
 	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
 	diff="$(sha256sum <"$work/layer.tar" | cut -d' ' -f1)"
 	printf '{"architecture":"amd64","os":"linux","config":{%s"Entrypoint":%s,"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
 		"$more" "$entrypoint" "$diff" >"$work/config.json"
-	printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$tag" >"$work/manifest.json"
+	tags="\"${tags// /\",\"}\""
+	printf '[{"Config":"config.json","RepoTags":[%s],"Layers":["layer.tar"]}]' "$tags" >"$work/manifest.json"
 	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work" -cf "$out.tmp" manifest.json config.json layer.tar
 	mv "$out.tmp" "$out"
 	rm -rf "$work"
 }
 
 # The images the real node runs: the sandbox's pause and a busybox for
-# tasks (Debian's busybox-static, its applets as symlinks).
+# tasks (Debian's busybox-static, its applets as symlinks), also tagged as
+# the image the samples name, so they run unchanged.
 BUSYBOX_IMAGE=localhost/baton-e2e/busybox:latest
+SAMPLES_BUSYBOX_IMAGE=docker.io/library/busybox:1.36
 real_node_images() {
 	PAUSE_IMAGE="localhost/baton-e2e/pause:$PAUSE_VERSION"
 	mkdir -p "$RN/images"
@@ -398,7 +445,7 @@ real_node_images() {
 		docker_archive "$RN/images/pause-$PAUSE_VERSION.tar" "$PAUSE_IMAGE" "$tmp" '["/pause"]'
 		rm -rf "$tmp"
 	fi
-	local bb="$RN/images/busybox-$KUBEPROBE_VERSION.tar"
+	local bb="$RN/images/busybox-$KUBEPROBE_VERSION-2.tar"
 	if [[ ! -f $bb || /bin/busybox -nt $bb ]]; then
 		tmp="$(mktemp -d "$RN/.rootfs.XXXXXX")"
 		mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/tmp" "$tmp/dev" "$tmp/proc" "$tmp/sys"
@@ -409,7 +456,7 @@ real_node_images() {
 		for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -s busybox "$tmp/bin/$a"; done
 		printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$tmp/etc/passwd"
 		printf 'root:x:0:\nnogroup:x:65534:\n' >"$tmp/etc/group"
-		docker_archive "$bb" "$BUSYBOX_IMAGE" "$tmp" '["/bin/sh"]'
+		docker_archive "$bb" "$BUSYBOX_IMAGE $SAMPLES_BUSYBOX_IMAGE" "$tmp" '["/bin/sh"]'
 		rm -rf "$tmp"
 	fi
 }
@@ -417,7 +464,7 @@ real_node_images() {
 import_images() {
 	local have f
 	have="$(ctr_ -n k8s.io images ls -q)"
-	for f in "$PAUSE_IMAGE=$RN/images/pause-$PAUSE_VERSION.tar" "$BUSYBOX_IMAGE=$RN/images/busybox-$KUBEPROBE_VERSION.tar"; do
+	for f in "$PAUSE_IMAGE=$RN/images/pause-$PAUSE_VERSION.tar" "$BUSYBOX_IMAGE=$RN/images/busybox-$KUBEPROBE_VERSION-2.tar"; do
 		if ! grep -qxF "${f%%=*}" <<<"$have" || [[ ${f#*=} -nt $RN/images/.imported-${f##*/} ]]; then
 			ctr_ -n k8s.io images import --platform linux/amd64 "${f#*=}" >/dev/null
 			touch "$RN/images/.imported-${f##*/}"

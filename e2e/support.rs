@@ -57,6 +57,13 @@ impl TestNs {
         let name = format!("e2e-{test}-{suffix}");
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+        // With the real node, ServiceAccount admission is on: no pod is
+        // admitted before the namespace's default ServiceAccount exists.
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for("the namespace's default ServiceAccount", Duration::from_secs(30), || async {
+            accounts.get_opt("default").await.map_err(|e| e.to_string())?.ok_or_else(|| "not yet".to_string())
+        })
+        .await;
         TestNs { name, client }
     }
 
