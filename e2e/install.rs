@@ -73,7 +73,7 @@ pub(crate) fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, Stri
 
 /// The pinned helm (built on first use by `e2e/helm`).
 pub(crate) fn helm(args: &[&str]) -> Result<String, String> {
-    run(Command::new(root().join("e2e/helm")).args(args).current_dir(root()), None)
+    run(Command::new(root().join("e2e/helm")).args(args).current_dir(root()).env("KUBECONFIG", kubeconfig()), None)
 }
 
 pub(crate) fn kubectl(args: &[&str], stdin: Option<&str>) -> String {

@@ -401,7 +401,9 @@ real_node_args_of() {
 	esac
 }
 
-ctr_() { "$(containerd_dir)/ctr" --address "$RN/containerd/containerd.sock" "$@"; }
+# ctr_: containerd's client; its warnings (cgroup v1 is deprecated) go to
+# logs/ctr.log, not the terminal.
+ctr_() { "$(containerd_dir)/ctr" --address "$RN/containerd/containerd.sock" "$@" 2>>"$LOGS/ctr.log"; }
 
 real_node_healthy() {
 	case "$1" in
@@ -466,7 +468,7 @@ import_images() {
 	have="$(ctr_ -n k8s.io images ls -q)"
 	for f in "$PAUSE_IMAGE=$RN/images/pause-$PAUSE_VERSION.tar" "$BUSYBOX_IMAGE=$RN/images/busybox-$KUBEPROBE_VERSION-2.tar"; do
 		if ! grep -qxF "${f%%=*}" <<<"$have" || [[ ${f#*=} -nt $RN/images/.imported-${f##*/} ]]; then
-			ctr_ -n k8s.io images import --platform linux/amd64 "${f#*=}" >/dev/null
+			ctr_ -n k8s.io images import --platform linux/amd64 "${f#*=}" >/dev/null || die "ctr images import ${f#*=} failed; see $LOGS/ctr.log"
 			touch "$RN/images/.imported-${f##*/}"
 			log "imported ${f%%=*} into containerd"
 		fi
@@ -699,7 +701,7 @@ controller_image() {
 	rm -rf "$tmp"
 	log "wrote $out ($tag, $(du -h "$out" | cut -f1))"
 	if pid_of containerd >/dev/null; then
-		ctr_ -n k8s.io images import --platform linux/amd64 "$out" >/dev/null 2>&1 || die "ctr images import $out failed"
+		ctr_ -n k8s.io images import --platform linux/amd64 "$out" >/dev/null || die "ctr images import $out failed; see $LOGS/ctr.log"
 		log "imported $tag into the real node's containerd"
 	fi
 	echo "$tag"

@@ -59,9 +59,8 @@ fn skipped(test: &str) -> Option<String> {
     if ready.as_deref() == Ok("True") {
         return None;
     }
-    let why = std::fs::read_to_string(state_dir().join("real-node.skipped"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| match ready {
+    let why =
+        std::fs::read_to_string(state_dir().join("real-node.skipped")).map(|s| s.trim().to_string()).unwrap_or_else(|_| match ready {
             Ok(status) => format!("node {NODE} is not Ready (Ready={status:?}); see target/e2e/logs/kubelet.log"),
             Err(_) => "the local control plane runs without the real node (e2e/cluster up --real-node)".to_string(),
         });
@@ -132,11 +131,8 @@ impl Release {
     async fn wait_ready(&self, n: usize) -> BTreeSet<String> {
         wait_for(&format!("{n} Ready controller pods"), Duration::from_secs(120), || async {
             let pods = self.controllers().await;
-            let ready: BTreeSet<String> = pods
-                .iter()
-                .filter(|(_, p)| p.metadata.deletion_timestamp.is_none() && is_ready(p))
-                .map(|(n, _)| n.clone())
-                .collect();
+            let ready: BTreeSet<String> =
+                pods.iter().filter(|(_, p)| p.metadata.deletion_timestamp.is_none() && is_ready(p)).map(|(n, _)| n.clone()).collect();
             if ready.len() == n && pods.len() == n { Ok(ready) } else { Err(format!("{} pods, Ready: {ready:?}", pods.len())) }
         })
         .await
@@ -158,9 +154,12 @@ fn task<'a>(run: &'a WorkflowInstance, name: &str) -> &'a baton::api::TaskStatus
 }
 
 async fn wait_ended(ns: &TestNs, name: &str) -> WorkflowInstance {
-    tokio::time::timeout(REAL_RUN_TIMEOUT, wait_phase(ns, name, |p| matches!(p, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Stopped)))
-        .await
-        .unwrap_or_else(|_| panic!("run {name} did not end in {REAL_RUN_TIMEOUT:?}"))
+    tokio::time::timeout(
+        REAL_RUN_TIMEOUT,
+        wait_phase(ns, name, |p| matches!(p, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Stopped)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("run {name} did not end in {REAL_RUN_TIMEOUT:?}"))
 }
 
 /// Seconds from a pod's create to its container's start, as the kubelet
@@ -168,7 +167,8 @@ async fn wait_ended(ns: &TestNs, name: &str) -> WorkflowInstance {
 fn start_latency(p: &Pod) -> Option<f64> {
     let created = p.metadata.creation_timestamp.as_ref()?.0;
     let state = p.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?;
-    let started = state.terminated.as_ref().and_then(|t| t.started_at.as_ref()).or(state.running.as_ref().and_then(|r| r.started_at.as_ref()))?.0;
+    let started =
+        state.terminated.as_ref().and_then(|t| t.started_at.as_ref()).or(state.running.as_ref().and_then(|r| r.started_at.as_ref()))?.0;
     Some(started.duration_since(created).as_secs_f64())
 }
 
@@ -282,7 +282,12 @@ fn dockerfile_runtime() -> Runtime {
     let text = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     let last = text.rsplit("\nFROM ").next().unwrap();
     let value = |directive: &str| {
-        last.lines().rev().find_map(|l| l.strip_prefix(directive)).unwrap_or_else(|| panic!("{directive} in the Dockerfile")).trim().to_string()
+        last.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(directive))
+            .unwrap_or_else(|| panic!("{directive} in the Dockerfile"))
+            .trim()
+            .to_string()
     };
     let entrypoint: Vec<String> = serde_json::from_str(&value("ENTRYPOINT ")).expect("ENTRYPOINT in exec form");
     let ports = value("EXPOSE ").split_whitespace().map(|p| if p.contains('/') { p.to_string() } else { format!("{p}/tcp") }).collect();
@@ -321,7 +326,8 @@ async fn the_chart_runs_on_the_real_node_and_the_samples_run_real_commands() {
 
     // Each pod holds its own Lease, named after it (POD_NAME from the
     // downward API is the identity).
-    let leases: Value = serde_json::from_str(&ns.kubectl(&["get", "leases", "-l", "baton.dev/controller=true", "-o", "json"], None)).unwrap();
+    let leases: Value =
+        serde_json::from_str(&ns.kubectl(&["get", "leases", "-l", "baton.dev/controller=true", "-o", "json"], None)).unwrap();
     let holders: BTreeMap<String, String> = leases["items"]
         .as_array()
         .unwrap()
@@ -333,7 +339,8 @@ async fn the_chart_runs_on_the_real_node_and_the_samples_run_real_commands() {
 
     // /metrics through the chart's Service (the API server's service proxy
     // goes through the Service's endpoints to a pod on the real node).
-    let metrics = kubectl(&["get", "--raw", &format!("/api/v1/namespaces/{}/services/{}-metrics:metrics/proxy/metrics", ns.name, rel.name)], None);
+    let metrics =
+        kubectl(&["get", "--raw", &format!("/api/v1/namespaces/{}/services/{}-metrics:metrics/proxy/metrics", ns.name, rel.name)], None);
     assert!(metrics.contains("baton_reconciles_total") || metrics.contains("baton_claims_total"), "{metrics}");
 
     ns.kubectl(&["apply", "-k", root().join("config/samples").to_str().unwrap()], None);
@@ -379,7 +386,9 @@ async fn the_chart_runs_on_the_real_node_and_the_samples_run_real_commands() {
     assert_eq!(extract_log.trim(), "extracting 2026-11-21");
     let shards: WorkflowInstance = rel.api().get("shards-2026-11-22").await.unwrap();
     let publish_log = ns.kubectl(&["logs", task(&shards, "publish").pod_name.as_deref().unwrap()], None);
-    assert_eq!(publish_log.trim(), r#"publishing ["rows-eu","rows-us","rows-ap","rows-sa","rows-af"]"#);
+    // (The results are a JSON list, put into a double-quoted shell word:
+    // the shell takes the quotes off.)
+    assert_eq!(publish_log.trim(), "publishing [rows-eu,rows-us,rows-ap,rows-sa,rows-af]");
 
     // A failing command: its exit code and the tail of its log reach the
     // task's status.
@@ -558,7 +567,10 @@ async fn operator_moves_hand_runs_over_on_the_real_node_and_no_task_runs_twice()
         Ok(t0.elapsed().as_secs_f64())
     })
     .await;
-    eprintln!("kill -9 of {victim}'s process: container restarted and Ready after {restarted:.2}s; its {} runs went on by {progressed:.2}s", runs.len());
+    eprintln!(
+        "kill -9 of {victim}'s process: container restarted and Ready after {restarted:.2}s; its {} runs went on by {progressed:.2}s",
+        runs.len()
+    );
 
     // 3. `helm upgrade` rolls the Deployment while runs are in flight: every
     //    old pod hands its runs over as it stops.
@@ -577,7 +589,7 @@ async fn operator_moves_hand_runs_over_on_the_real_node_and_no_task_runs_twice()
         &ns.name,
         "--skip-crds",
         "--reuse-values",
-        "--set",
+        "--set-string",
         "podAnnotations.e2e-rollout=2",
         "--wait",
         "--timeout",
