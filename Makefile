@@ -70,9 +70,9 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 ## Debian's Lua 5.1 (Argo CD's dialect), to run the README's health check
-## on real runs (e2e/real_node.rs).
-lua:
-	@command -v lua5.1 >/dev/null || \
+## on real runs (e2e/real_node.rs), when the real node runs.
+lua: cluster-up
+	@[[ ! -f target/e2e/real-node/machine.orig ]] || command -v lua5.1 >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null; }
 
 ## The pinned helm (e2e/harness/helm/go.mod), built once into the e2e cache.

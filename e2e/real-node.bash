@@ -106,6 +106,10 @@ node_ip() {
 	ip -4 -o addr show scope global | awk '{ sub(/\/.*/, "", $4); print $4; exit }'
 }
 
+cgroup_probe() {
+	if [[ -d /sys/fs/cgroup/memory ]]; then echo /sys/fs/cgroup/memory/baton-e2e-probe; else echo /sys/fs/cgroup/baton-e2e-probe; fi
+}
+
 # real_node_unmet: why this machine cannot run the real node (prints
 # nothing when it can).
 real_node_unmet() {
@@ -115,6 +119,8 @@ real_node_unmet() {
 		echo "needs overlayfs (modprobe overlay)"
 	elif [[ ! -d /sys/fs/cgroup/memory && ! -f /sys/fs/cgroup/cgroup.controllers ]]; then
 		echo "needs cgroups (the v1 memory controller or v2)"
+	elif ! mkdir "$(cgroup_probe)" 2>/dev/null || ! rmdir "$(cgroup_probe)"; then
+		echo "needs to create cgroups ($(dirname "$(cgroup_probe)") is not writable: an unprivileged container?)"
 	elif ! command -v ip >/dev/null; then
 		echo "needs ip (iproute2)"
 	elif ! command -v apt-get >/dev/null && ! { command -v nft >/dev/null && [[ -x /bin/busybox ]]; }; then
@@ -552,6 +558,12 @@ unmount_under() {
 	done
 }
 
+# ours_since_up <path>: the path exists and was not there before the real
+# node first started (real-node/machine.orig).
+ours_since_up() {
+	[[ -e $1 && -f $RN/machine.orig ]] && ! grep -qxF "path $1" "$RN/machine.orig"
+}
+
 real_node_down() {
 	# Nothing to do unless the real node was started since the last down.
 	[[ -f $RN/machine.orig || -f $PIDS/kubelet.pid || -f $PIDS/containerd.pid ]] || return 0
@@ -579,14 +591,19 @@ real_node_down() {
 		log "killing a leftover shim (pid $pid)"
 		kill -KILL "$pid" 2>/dev/null || true
 	done
-	# Processes still in the pods' cgroups (a container whose shim died).
-	for f in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
-		/sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
-		[[ -f $f ]] || continue
-		while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$f"
+	# Processes still in the pods' cgroups (a container whose shim died),
+	# unless another Kubernetes had those cgroups before the real node.
+	for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+		ours_since_up "$cg" || continue
+		for f in "$cg"/cgroup.procs "$cg"/*/cgroup.procs "$cg"/*/*/cgroup.procs "$cg"/*/*/*/cgroup.procs; do
+			[[ -f $f ]] || continue
+			while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$f"
+		done
 	done
 	sleep 0.2
-	unmount_under "$RN" /run/containerd /run/netns /var/lib/kubelet
+	local shared=() p
+	for p in /run/containerd /run/netns /var/lib/kubelet; do ours_since_up "$p" && shared+=("$p"); done
+	unmount_under "$RN" "${shared[@]}"
 	# Whatever is still mounted there keeps its files: --one-file-system.
 	rm -rf --one-file-system "$RN/containerd/root" "$RN/containerd/state" "$RN/kubelet" "$RN/runc" \
 		"$RN/cni/ipam" "$RN/pod-logs" "$RN/volume-plugins" 2>/dev/null || log "could not remove all of $RN (still mounted?)"
