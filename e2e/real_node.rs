@@ -680,6 +680,8 @@ async fn operator_moves_hand_runs_over_on_the_real_node_and_no_task_runs_twice()
     if let Some(r) = &pause {
         ns.kubectl(&["patch", "wfi", r, "--type=merge", "-p", r#"{"spec":{"suspend":true}}"#], None);
     }
+    // Runs created in the middle of the rollout are all taken and run.
+    let during = start_batch(ns, "during");
     upgrade.await.unwrap().unwrap();
     let after = rel.wait_ready(3).await;
     eprintln!(
@@ -701,6 +703,7 @@ async fn operator_moves_hand_runs_over_on_the_real_node_and_no_task_runs_twice()
         ns.kubectl(&["patch", "wfi", r, "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#], None);
     }
     handoffs_only.extend(batch.clone());
+    handoffs_only.extend(during);
 
     // Every run finished once: each task's container ran once (the
     // ledger), in one attempt, in one pod; the runs moved by a clean stop

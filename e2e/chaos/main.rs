@@ -272,6 +272,14 @@ async fn main() {
     let mut last_move = (Vec::new(), Instant::now());
     let mut told_cluster = false;
     let (pods, runs, workflows) = loop {
+        // kube-scheduler may also exit on a corrupted cache during the
+        // drain (a late effect of the API server restarts): started again,
+        // as the kubelet restarts a static pod.
+        let dead = faults::dead_components();
+        if !dead.is_empty() {
+            let restarted = faults::cluster(&["up"]);
+            println!("[chaos {:>6.1}s] drain: {dead:?} exited; e2e/cluster up: {restarted}", start.elapsed().as_secs_f64());
+        }
         let listed = futures::try_join!(pods_api.list(&all), runs_api.list(&all), workflows_api.list(&all));
         if let Ok((pods, runs, workflows)) = listed {
             let settled = |r: &WorkflowInstance| {
