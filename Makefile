@@ -10,7 +10,7 @@ endif
 # end-to-end tests configure them); `make build` and the benchmarks do not.
 TEST_FEATURES := --features failpoints
 
-.PHONY: all build image real-node-image crds test browser lua bench-ui screenshots bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
+.PHONY: all build image crds test test-real-node browser bench-ui screenshots bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
 
 all: build
 
@@ -22,10 +22,6 @@ build:
 image: build
 	e2e/cluster image
 
-# The controller image the real-node tests install, when the real node runs.
-real-node-image: cluster-up
-	@if [[ -f target/e2e/real-node/machine.orig ]]; then $(CARGO) build --release --bin baton-controller && e2e/cluster image >/dev/null; fi
-
 ## Regenerate crds/ from the Rust types (and the chart's and kustomize's copies).
 crds:
 	$(CARGO) run --quiet --bin crdgen -- crds
@@ -33,16 +29,36 @@ crds:
 	find config/crd -name '*.yaml' ! -name kustomization.yaml -delete && cp crds/*.yaml config/crd/
 
 ## Every test: unit, property, CRD-in-sync, offline validation, end-to-end
-## against the local control plane (built on first use), with the real node
-## where the machine can run one (BATON_E2E_REAL_NODE: auto; required fails
-## instead of skipping, as .ci/run sets it; 0 leaves it out), and the chaos
-## suite in its short CI setting.
-export BATON_E2E_REAL_NODE ?= auto
-test: cluster-up helm browser lua real-node-image
-	CHAOS_DURATION=90s $(CARGO) test $(TEST_FEATURES) --all-targets -- --test-threads 4
-	@if [[ -f target/e2e/real-node.skipped ]]; then echo "SKIPPED the real-node tests (e2e/real_node.rs): $$(cat target/e2e/real-node.skipped)"; fi
+## against the local control plane (built on first use), the chaos suite in
+## its short CI setting, then the real-node tests (test-real-node).
+##
+## The real node changes the control plane (ServiceAccount admission, the
+## API server on the node's address, more controllers), so everything else
+## runs first on the plain one: a real node left up by an earlier run is
+## taken down before.
+test: helm browser
+	@if [[ -f target/e2e/real-node/machine.orig ]]; then e2e/cluster down >/dev/null; fi
+	BATON_E2E_REAL_NODE=0 e2e/cluster up >/dev/null
+	BATON_E2E_REAL_NODE=0 CHAOS_DURATION=90s $(CARGO) test $(TEST_FEATURES) --all-targets -- --test-threads 4 --skip real_node::
 	$(CARGO) run --quiet --bin baton -- validate config/samples/*.yaml
 	KUBECONFIG=$(CURDIR)/target/e2e/kubeconfig kubectl apply --dry-run=server -f crds/
+	@$(MAKE) --no-print-directory test-real-node
+
+## The tests on the real node (e2e/real_node.rs), where this machine can run
+## one (BATON_E2E_REAL_NODE: auto; required fails instead of skipping, as
+## .ci/run sets it): the node, the release image (make image), Lua 5.1,
+## the tests. The node stays up, like the rest of the control plane.
+test-real-node: helm
+	@mode=$${BATON_E2E_REAL_NODE:-auto}; set -e; \
+	e2e/cluster up --real-node=$$mode >/dev/null; \
+	if [[ -f target/e2e/real-node.skipped ]]; then \
+		echo "SKIPPED the real-node tests (e2e/real_node.rs): $$(cat target/e2e/real-node.skipped)"; \
+	else \
+		$(CARGO) build --release --bin baton-controller; \
+		e2e/cluster image >/dev/null; \
+		command -v lua5.1 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null; }; \
+		BATON_E2E_REAL_NODE=$$mode $(CARGO) test $(TEST_FEATURES) --test e2e real_node:: -- --test-threads 2; \
+	fi
 
 ## The local control plane, three controllers, the samples and a failover
 ## (REAL=1: the sample tasks in real containers on the real node).
@@ -68,12 +84,6 @@ cluster-down:
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
-
-## Debian's Lua 5.1 (Argo CD's dialect), to run the README's health check
-## on real runs (e2e/real_node.rs), when the real node runs.
-lua: cluster-up
-	@[[ ! -f target/e2e/real-node/machine.orig ]] || command -v lua5.1 >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null; }
 
 ## The pinned helm (e2e/harness/helm/go.mod), built once into the e2e cache.
 helm:

@@ -717,9 +717,17 @@ controller_image() {
 	docker_archive "$out" "$tag" "$tmp" '["/baton-controller"]' '"User":"65532:65532","ExposedPorts":{"8080/tcp":{}},'
 	rm -rf "$tmp"
 	log "wrote $out ($tag, $(du -h "$out" | cut -f1))"
+	# The task image beside it (Debian's busybox-static, once the real
+	# node's pieces are built).
+	if [[ -x /bin/busybox && -x $(bin_of pause) && -x $(bin_of kubeprobe) ]]; then
+		real_node_images
+		cp "$RN/images/busybox-$KUBEPROBE_VERSION-2.tar" "$ROOT/target/image/busybox.tar"
+		log "wrote $ROOT/target/image/busybox.tar ($BUSYBOX_IMAGE $SAMPLES_BUSYBOX_IMAGE)"
+	fi
 	if pid_of containerd >/dev/null; then
 		ctr_ -n k8s.io images import --platform linux/amd64 "$out" >/dev/null || die "ctr images import $out failed; see $LOGS/ctr.log"
 		log "imported $tag into the real node's containerd"
+		import_images
 	fi
 	echo "$tag"
 }
