@@ -6,10 +6,20 @@
 //! baton's watches are few (runs, pods, child runs, Workflows, Leases per
 //! controller), so they come back sooner: 250 ms doubling to 5 s, reset
 //! after 30 s without errors.
+//!
+//! A watch can also stay open and deliver nothing: after API server
+//! restarts the chaos suite saw one controller's run watch go silent for a
+//! minute (runs created meanwhile unclaimed) while its Lease and webhook
+//! worked, as Kubernetes does when a custom resource's storage is replaced
+//! under an open watch (kubernetes/kubernetes#71138). Every watch therefore
+//! asks the API server to end it after [`WATCH_TIMEOUT`]; the watcher then
+//! watches again from the last resourceVersion (no list), so a silent watch
+//! costs seconds, not minutes.
 
 use std::time::Duration;
 
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
+use kube::runtime::watcher;
 
 const FIRST: Duration = Duration::from_millis(250);
 const MAX: Duration = Duration::from_secs(5);
@@ -48,6 +58,14 @@ pub fn watch() -> ResetTimerBackoff<Doubling> {
     ResetTimerBackoff::new(Doubling::default(), RESET_AFTER)
 }
 
+/// How long the API server keeps one watch request open (`timeoutSeconds`).
+const WATCH_TIMEOUT: u32 = 10;
+
+/// The watcher configuration of every watch baton runs.
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +77,10 @@ mod tests {
         assert_eq!(first, [250, 500, 1000, 2000, 4000, 5000, 5000]);
         b.reset();
         assert_eq!(b.next(), Some(FIRST));
+    }
+
+    #[test]
+    fn every_watch_is_ended_by_the_api_server_within_seconds() {
+        assert_eq!(watch_config().timeout, Some(WATCH_TIMEOUT));
     }
 }

@@ -852,7 +852,7 @@ pub async fn run(
     let (runs, pods) = (scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()), scoped::<Pod>(&ctx.client, namespace.as_deref()));
     let (store, writer) = reflector::store();
     let (run_ctx, pod_ctx, child_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
-    let all_runs = watcher(runs.clone(), watcher::Config::default().any_semantic())
+    let all_runs = watcher(runs.clone(), crate::backoff::watch_config().any_semantic())
         .backoff(crate::backoff::watch())
         .modify(crate::cache::trim_run)
         .reflect(writer)
@@ -863,7 +863,7 @@ pub async fn run(
             }
         })
         .applied_objects();
-    let run_pods = watcher(pods, watcher::Config::default().labels(LABEL_INSTANCE).any_semantic())
+    let run_pods = watcher(pods, crate::backoff::watch_config().labels(LABEL_INSTANCE).any_semantic())
         .backoff(crate::backoff::watch())
         .inspect_ok(move |event| {
             // Failpoint: this controller's pod watch is behind (its pod
@@ -874,7 +874,7 @@ pub async fn run(
             pod_ctx.cache.pods.apply(event)
         })
         .touched_objects();
-    let children = watcher(runs, watcher::Config::default().labels(LABEL_PARENT).any_semantic())
+    let children = watcher(runs, crate::backoff::watch_config().labels(LABEL_PARENT).any_semantic())
         .backoff(crate::backoff::watch())
         .inspect_ok(move |event| child_ctx.cache.children.apply(event))
         .touched_objects();

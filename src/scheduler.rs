@@ -335,14 +335,14 @@ pub async fn run(
     let (workflows, runs) =
         (scoped::<Workflow>(&ctx.client, namespace.as_deref()), scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()));
     let listed = ctx.clone();
-    let all = watcher(workflows, watcher::Config::default().any_semantic())
+    let all = watcher(workflows, crate::backoff::watch_config().any_semantic())
         .backoff(crate::backoff::watch())
         .modify(crate::cache::trim)
         .reflect(writer)
         .inspect_ok(move |event| listed.note_listed("workflows", event))
         .applied_objects();
     Controller::for_stream(all, ctx.workflows.clone())
-        .watches(runs, watcher::Config::default().labels(LABEL_SCHEDULED_BY).any_semantic(), |run: WorkflowInstance| {
+        .watches(runs, crate::backoff::watch_config().labels(LABEL_SCHEDULED_BY).any_semantic(), |run: WorkflowInstance| {
             let ns = run.namespace()?;
             // The workflow is the run's controller owner (its label may be a
             // shortened name).
