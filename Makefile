@@ -9,6 +9,8 @@ endif
 # Tests and the chaos suite build the controller with its failpoints (the
 # end-to-end tests configure them); `make build` and the benchmarks do not.
 TEST_FEATURES := --features failpoints
+# Debian packages some tests need, installed when missing.
+APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
 .PHONY: all build image crds test test-real-node browser bench-ui screenshots bench bench-runs bench-scale bench-webhook bench-compare argo demo demo-down cluster-up cluster-down helm chart chaos clean
 
@@ -56,7 +58,7 @@ test-real-node: helm
 	else \
 		$(CARGO) build --release --bin baton-controller; \
 		e2e/cluster image >/dev/null; \
-		command -v lua5.1 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null; }; \
+		command -v lua5.1 >/dev/null || { $(APT_INSTALL) lua5.1 >/dev/null; }; \
 		BATON_E2E_REAL_NODE=$$mode $(CARGO) test $(TEST_FEATURES) --test e2e real_node:: -- --test-threads 2; \
 	fi
 
@@ -83,7 +85,7 @@ cluster-down:
 ## Debian's chromium and chromedriver, for the UI's end-to-end tests (e2e/ui.rs).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+		{ $(APT_INSTALL) chromium chromium-driver >/dev/null; }
 
 ## The pinned helm (e2e/harness/helm/go.mod), built once into the e2e cache.
 helm:

@@ -11,7 +11,7 @@ use crate::runs::{diamond, run, task, wait_phase, workflow};
 use crate::support::{TestNs, kubeconfig};
 
 /// `baton ARGS` in the test's namespace, with the cluster's kubeconfig.
-fn baton(ns: &TestNs, args: &[&str]) -> Output {
+pub(crate) fn baton(ns: &TestNs, args: &[&str]) -> Output {
     baton_with(kubeconfig(), ns, args)
 }
 
@@ -24,7 +24,7 @@ fn baton_with(kubeconfig: &std::path::Path, ns: &TestNs, args: &[&str]) -> Outpu
         .expect("run baton")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 

@@ -49,11 +49,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::Value;
 
 use crate::runs::wait_phase;
-use crate::support::{TestNs, kubeconfig, metric, state_dir, wait_for};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{TestNs, kubeconfig, metric, root, state_dir, wait_for};
 
 /// Runs a command: its stdout on success, else an error with its stderr.
 pub(crate) fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, String> {
@@ -77,7 +73,13 @@ pub(crate) fn helm(args: &[&str]) -> Result<String, String> {
 }
 
 pub(crate) fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
-    run(Command::new("kubectl").env("KUBECONFIG", kubeconfig()).args(args), stdin).unwrap_or_else(|e| panic!("{e}"))
+    try_kubectl(args, stdin).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `kubectl ARGS` against the local control plane: its stdout, or an error
+/// with its stderr.
+pub(crate) fn try_kubectl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    run(Command::new("kubectl").env("KUBECONFIG", kubeconfig()).args(args), stdin)
 }
 
 /// `helm template` of the chart as release `release` in `namespace`

@@ -53,6 +53,16 @@ load_runtime_versions() {
 containerd_dir() { echo "$BIN/containerd-$CONTAINERD_VERSION"; }
 cni_dir() { echo "$BIN/cni-plugins-$CNI_VERSION"; }
 
+# apt_install <what for> <package>...: installs Debian packages the real
+# node needs.
+apt_install() {
+	local why="$1"
+	shift
+	log "installing Debian's $* ($why)"
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; } ||
+		die "could not install $*"
+}
+
 # real_node_build: builds the runtime pieces that are not cached; returns
 # 1 when everything was cached.
 real_node_build() {
@@ -83,9 +93,7 @@ real_node_build() {
 		# linked with Debian's libseccomp.
 		command -v gcc >/dev/null || die "building runc needs gcc (apt-get install gcc)"
 		if ! pkg-config --exists libseccomp 2>/dev/null; then
-			log "installing Debian's libseccomp-dev (runc's seccomp support)"
-			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libseccomp-dev pkg-config >/dev/null; } ||
-				die "could not install libseccomp-dev"
+			apt_install "runc's seccomp support" libseccomp-dev pkg-config
 		fi
 		GO_CGO=1 GO_TAGS=seccomp go_build "$RUNTIME_HARNESS" runc "runc=github.com/opencontainers/runc"
 		built=0
@@ -158,14 +166,10 @@ real_node_check() {
 	[[ -z $why ]] || die "--real-node $why"
 	rm -f "$REAL_NODE_SKIPPED"
 	if ! command -v nft >/dev/null; then
-		log "installing Debian's nftables (kube-proxy's nftables mode)"
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null; } ||
-			die "could not install nftables"
+		apt_install "kube-proxy's nftables mode" nftables
 	fi
 	if [[ ! -x /bin/busybox ]] || ! /bin/busybox --list >/dev/null 2>&1; then
-		log "installing Debian's busybox-static (the task image's shell)"
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null; } ||
-			die "could not install busybox-static"
+		apt_install "the task image's shell" busybox-static
 	fi
 }
 

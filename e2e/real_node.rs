@@ -19,7 +19,6 @@
 //! so the samples run unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,9 +28,10 @@ use k8s_openapi::jiff;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
-use crate::install::{helm, kubectl, run};
-use crate::runs::wait_phase;
-use crate::support::{TestNs, kubeconfig, state_dir, wait_for};
+use crate::cli::{baton, stdout};
+use crate::install::{helm, kubectl, run, try_kubectl};
+use crate::runs::{wait_phase, wait_phase_within};
+use crate::support::{TestNs, root, series_value, state_dir, wait_for};
 
 const NODE: &str = "baton-real-node";
 const TAINT: &str = "baton.dev/real-node";
@@ -39,24 +39,10 @@ const TAINT: &str = "baton.dev/real-node";
 /// on the fake nodes.
 const REAL_RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// `None` when the real node is Ready; otherwise why the calling test is
 /// skipped (printed), or a panic under `BATON_E2E_REAL_NODE=required`.
 fn skipped(test: &str) -> Option<String> {
-    kubeconfig();
-    let ready = run(
-        Command::new("kubectl").env("KUBECONFIG", kubeconfig()).args([
-            "get",
-            "node",
-            NODE,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ]),
-        None,
-    );
+    let ready = try_kubectl(&["get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"], None);
     if ready.as_deref() == Ok("True") {
         return None;
     }
@@ -172,15 +158,7 @@ fn task<'a>(run: &'a WorkflowInstance, name: &str) -> &'a baton::api::TaskStatus
 }
 
 async fn wait_ended(ns: &TestNs, name: &str) -> WorkflowInstance {
-    let api: Api<WorkflowInstance> = ns.api();
-    wait_for(&format!("run {name} to end"), REAL_RUN_TIMEOUT, || async {
-        let run = api.get(name).await.map_err(|e| e.to_string())?;
-        match run.status.as_ref().and_then(|s| s.phase) {
-            Some(p) if p.is_terminal() => Ok(run),
-            p => Err(format!("phase {p:?}, progress {:?}", run.status.as_ref().and_then(|s| s.progress.clone()))),
-        }
-    })
-    .await
+    wait_phase_within(ns, name, REAL_RUN_TIMEOUT, RunPhase::is_terminal).await
 }
 
 /// Seconds from a pod's create to its container's start, as the kubelet
@@ -336,8 +314,7 @@ fn sha256_of(script: &str) -> String {
 fn metric_sum(ns: &str, pods: &BTreeSet<String>, series: &str) -> f64 {
     pods.iter()
         .map(|pod| {
-            let text = kubectl(&["get", "--raw", &format!("/api/v1/namespaces/{ns}/pods/{pod}:8080/proxy/metrics")], None);
-            text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+            series_value(&kubectl(&["get", "--raw", &format!("/api/v1/namespaces/{ns}/pods/{pod}:8080/proxy/metrics")], None), series)
         })
         .sum()
 }
@@ -388,7 +365,6 @@ async fn the_chart_runs_on_the_real_node_and_the_samples_run_real_commands() {
 
     ns.kubectl(&["apply", "-k", root().join("config/samples").to_str().unwrap()], None);
     ns.apply(REAL_IO);
-    let mut latencies = Vec::new();
     for run in ["diamond-2026-11-21", "etl-2026-11-21", "shards-2026-11-22", "real-io-1"] {
         let r = wait_ended(ns, run).await;
         assert_eq!(r.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded), "{run}: {:?}", r.status);
@@ -403,7 +379,7 @@ async fn the_chart_runs_on_the_real_node_and_the_samples_run_real_commands() {
         "annotations":{{"baton.dev/owner-epoch":"0"}},"ownerReferences":[{{"apiVersion":"baton.dev/v1alpha1","kind":"WorkflowInstance",
         "name":"diamond-2026-11-21","uid":"{uid}","controller":true}}]}},"spec":{{"containers":[{{"name":"main","image":"busybox:1.36"}}]}}}}"#
     );
-    let refused = run(Command::new("kubectl").env("KUBECONFIG", kubeconfig()).args(["-n", &ns.name, "create", "-f", "-"]), Some(&stale))
+    let refused = try_kubectl(&["-n", &ns.name, "create", "-f", "-"], Some(&stale))
         .expect_err("the chart's webhook refuses a pod from an older owner epoch");
     assert!(refused.contains("pods.baton.dev") && refused.contains("is at epoch"), "{refused}");
     assert!(metric_sum(&ns.name, &pods, "baton_admission_reviews_total{verdict=\"denied\"}") >= 1.0, "the chart's controllers refused it");
@@ -418,15 +394,9 @@ async fn the_chart_runs_on_the_real_node_and_the_samples_run_real_commands() {
     assert_eq!(log.trim(), format!("hello world from {greet_pod}"), "the container's hostname is its pod's name");
     let use_log = ns.kubectl(&["logs", task(&io, "use").pod_name.as_deref().unwrap()], None);
     assert_eq!(use_log.trim(), "got Linux-world");
-    let baton_logs = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .env("NO_COLOR", "1")
-        .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", &ns.name, "logs", "real-io-1"])
-        .output()
-        .unwrap();
-    let baton_logs = String::from_utf8_lossy(&baton_logs.stdout);
+    let baton_logs = stdout(&baton(ns, &["logs", "real-io-1"]));
     assert!(baton_logs.contains(&format!("hello world from {greet_pod}")) && baton_logs.contains("got Linux-world"), "{baton_logs}");
-    let d: WorkflowInstance = rel.api().get("diamond-2026-11-21").await.unwrap();
-    let extract_log = ns.kubectl(&["logs", task(&d, "extract").pod_name.as_deref().unwrap()], None);
+    let extract_log = ns.kubectl(&["logs", task(&diamond, "extract").pod_name.as_deref().unwrap()], None);
     assert_eq!(extract_log.trim(), "extracting 2026-11-21");
     let shards: WorkflowInstance = rel.api().get("shards-2026-11-22").await.unwrap();
     let publish_log = ns.kubectl(&["logs", task(&shards, "publish").pod_name.as_deref().unwrap()], None);
@@ -443,6 +413,7 @@ async fn the_chart_runs_on_the_real_node_and_the_samples_run_real_commands() {
     let message = crash.message.as_deref().unwrap_or_default();
     assert!(message.contains("disk full on /data") && message.contains('3'), "{message}");
 
+    let mut latencies = Vec::new();
     for p in rel.api::<Pod>().list(&ListParams::default().labels("baton.dev/instance")).await.unwrap() {
         assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some(NODE), "task pods run on the real node");
         latencies.extend(start_latency(&p));

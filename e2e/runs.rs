@@ -49,8 +49,13 @@ pub fn diamond(name: &str, duration: &str) -> String {
 
 /// Waits until the run's phase satisfies `done`, and returns the run.
 pub async fn wait_phase(ns: &TestNs, name: &str, done: impl Fn(RunPhase) -> bool) -> WorkflowInstance {
+    wait_phase_within(ns, name, RUN_TIMEOUT, done).await
+}
+
+/// [`wait_phase`], giving up after `timeout`.
+pub async fn wait_phase_within(ns: &TestNs, name: &str, timeout: Duration, done: impl Fn(RunPhase) -> bool) -> WorkflowInstance {
     let api: Api<WorkflowInstance> = ns.api();
-    wait_for(&format!("run {name} to reach the expected phase"), RUN_TIMEOUT, || async {
+    wait_for(&format!("run {name} to reach the expected phase"), timeout, || async {
         let run = api.get(name).await.map_err(|e| e.to_string())?;
         match run.status.as_ref().and_then(|s| s.phase) {
             Some(p) if done(p) => Ok(run),

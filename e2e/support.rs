@@ -16,7 +16,8 @@ use kube::{Client, Config};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-fn root() -> PathBuf {
+/// The repository's root.
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -170,7 +171,13 @@ pub fn any_controller_log(needles: &[&str]) -> Option<String> {
 pub fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
     let (code, body) = http(addr, "GET", "/metrics", "");
     assert_eq!(code, 200, "GET /metrics on {addr}");
-    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    series_value(&body, series)
+}
+
+/// The value of one series (`name{labels}` as printed) in a Prometheus
+/// text exposition; 0 when absent.
+pub fn series_value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
 /// The requests the controller at `addr` made to the API server, by
