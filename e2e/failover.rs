@@ -317,6 +317,29 @@ async fn a_quiet_lease_watch_never_makes_a_controller_take_its_live_peers_runs()
     ns.done().await;
 }
 
+/// A watch's errors (every watch gets some while the API server restarts)
+/// never hold up the controller's other work. kube's Controller backs off
+/// all its triggers on any error that reaches it, 0.8 s doubling to 30 s,
+/// and in CI's chaos runs new runs waited up to a minute for an owner. Here
+/// the run watch fails five times in a row after each change it delivers
+/// (failpoint `run-watch-error`); each new run is still claimed within
+/// seconds.
+#[tokio::test]
+async fn watch_errors_never_hold_up_new_runs() {
+    let ns = TestNs::new("watcherr").await;
+    let c = ControllerProc::start_with_failpoints("c0", &ns.name, &[], "run-watch-error=return");
+    ns.apply(&workflow("one", "", &[task("only", &[], "1h", 0, "")]));
+    for i in 0..8 {
+        let name = format!("one-{i}");
+        ns.apply(&run(&name, "one", ""));
+        wait_owner(&ns, &name, "c0", Duration::from_secs(8)).await;
+    }
+    let failed = c.log_since_start().matches("watch failed; it resumes").count();
+    assert!(failed >= 8 * 5, "the failpoint failed the run watch {failed} times");
+    c.assert_no_panic();
+    ns.done().await;
+}
+
 /// A controller that takes a run over must not trust watches that are
 /// behind: here the new owner's pod watch shows nothing (failpoint
 /// `pod-watch-lag`) while the run it claims is being terminated. It lists

@@ -15,11 +15,20 @@
 //! asks the API server to end it after [`WATCH_TIMEOUT`]; the watcher then
 //! watches again from the last resourceVersion (no list), so a silent watch
 //! costs seconds, not minutes.
+//!
+//! A watch's errors stop at the watch ([`triggers`]): kube's Controller
+//! backs off its whole trigger stream, every watch of the controller and
+//! its recheck together, on any error that reaches it (0.8 s doubling to
+//! 30 s, with jitter). After a few API server restarts one controller then
+//! heard nothing for half a minute, and runs created meanwhile waited that
+//! long for an owner (the chaos suite's 15 s bound broke in CI).
 
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher;
+use tracing::warn;
 
 const FIRST: Duration = Duration::from_millis(250);
 const MAX: Duration = Duration::from_secs(5);
@@ -66,6 +75,21 @@ pub fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT)
 }
 
+/// The objects a watch (already backing off with [`watch`]) delivers,
+/// for a controller's triggers: its errors are logged with `what` and go
+/// no further, so they never hold up the controller's other triggers.
+pub fn triggers<K>(
+    what: &'static str,
+    objects: impl Stream<Item = Result<K, watcher::Error>>,
+) -> impl Stream<Item = Result<K, watcher::Error>> {
+    objects.filter(move |object| {
+        if let Err(e) = object {
+            warn!(watch = what, error = %e, "watch failed; it resumes after its backoff");
+        }
+        std::future::ready(object.is_ok())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +101,13 @@ mod tests {
         assert_eq!(first, [250, 500, 1000, 2000, 4000, 5000, 5000]);
         b.reset();
         assert_eq!(b.next(), Some(FIRST));
+    }
+
+    #[tokio::test]
+    async fn triggers_keep_the_objects_and_drop_the_errors() {
+        let events = futures::stream::iter([Ok(1), Err(watcher::Error::NoResourceVersion), Ok(2), Err(watcher::Error::NoResourceVersion)]);
+        let kept: Vec<i32> = triggers("numbers", events).map(|o| o.unwrap()).collect().await;
+        assert_eq!(kept, [1, 2]);
     }
 
     #[test]

@@ -862,7 +862,14 @@ pub async fn run(
                 run_ctx.forget(&run.uid().unwrap_or_default());
             }
         })
+        .flat_map(|event| {
+            // Failpoint: after each change it delivers, the watch fails five
+            // times in a row, as every watch does while the API server restarts.
+            let fails = if crate::failpoint_on!("run-watch-error") && matches!(event, Ok(watcher::Event::Apply(_))) { 5 } else { 0 };
+            futures::stream::iter(std::iter::once(event).chain((0..fails).map(|_| Err(watcher::Error::NoResourceVersion))))
+        })
         .applied_objects();
+    let all_runs = crate::backoff::triggers("runs", all_runs);
     let run_pods = watcher(pods, crate::backoff::watch_config().labels(LABEL_INSTANCE).any_semantic())
         .backoff(crate::backoff::watch())
         .inspect_ok(move |event| {
@@ -874,10 +881,12 @@ pub async fn run(
             pod_ctx.cache.pods.apply(event)
         })
         .touched_objects();
+    let run_pods = crate::backoff::triggers("pods", run_pods);
     let children = watcher(runs, crate::backoff::watch_config().labels(LABEL_PARENT).any_semantic())
         .backoff(crate::backoff::watch())
         .inspect_ok(move |event| child_ctx.cache.children.apply(event))
         .touched_objects();
+    let children = crate::backoff::triggers("child runs", children);
     Controller::for_stream(all_runs, store)
         .owns_stream(run_pods)
         .owns_stream(children)

@@ -341,15 +341,17 @@ pub async fn run(
         .reflect(writer)
         .inspect_ok(move |event| listed.note_listed("workflows", event))
         .applied_objects();
-    Controller::for_stream(all, ctx.workflows.clone())
-        .watches(runs, crate::backoff::watch_config().labels(LABEL_SCHEDULED_BY).any_semantic(), |run: WorkflowInstance| {
+    let scheduled = watcher(runs, crate::backoff::watch_config().labels(LABEL_SCHEDULED_BY).any_semantic())
+        .backoff(crate::backoff::watch())
+        .touched_objects();
+    Controller::for_stream(crate::backoff::triggers("workflows", all), ctx.workflows.clone())
+        .watches_stream(crate::backoff::triggers("scheduled runs", scheduled), |run: WorkflowInstance| {
             let ns = run.namespace()?;
             // The workflow is the run's controller owner (its label may be a
             // shortened name).
             let owner = run.owner_references().iter().find(|r| r.controller == Some(true) && r.kind == "Workflow")?;
             Some(ObjectRef::new(&owner.name).within(&ns))
         })
-        .trigger_backoff(crate::backoff::watch())
         .reconcile_all_on(recheck)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -335,6 +335,12 @@ async fn main() {
         report::check(&j, &config, &controllers, &runs, &pods, &workflows, faults_done, settled_after)
     };
     drop(controllers);
+    // The control plane's own clients (controller manager, scheduler, kwok)
+    // back off after the API server restarts as client-go's reflectors do,
+    // up to a minute (a namespace then got its default ServiceAccount 37 s
+    // late): restarted, so the suites that follow find them fresh.
+    let refreshed = faults::cluster(&["restart", "kube-controller-manager", "kube-scheduler", "kwok"]);
+    println!("[chaos] the API server's clients restarted: {}", if refreshed { "ok" } else { "failed" });
     if outcome {
         ns.done().await;
     } else {
