@@ -199,8 +199,9 @@ async fn logs_read_the_task_pods_of_the_run() {
 #[tokio::test]
 async fn every_error_is_one_line_that_says_what_to_do() {
     let ns = TestNs::new("cli-errors").await;
-    for cmd in [&["get", "ghost"][..], &["watch", "ghost"], &["logs", "ghost"], &["pause", "ghost"], &["retry", "ghost"]] {
-        refused(baton(&ns, cmd), &["run \"ghost\" not found in namespace", "baton list -A"]);
+    const RUN_COMMANDS: [&str; 8] = ["get", "watch", "logs", "pause", "resume", "stop", "terminate", "retry"];
+    for cmd in RUN_COMMANDS {
+        refused(baton(&ns, &[cmd, "ghost"]), &["run \"ghost\" not found in namespace", "baton list -A"]);
     }
     // No cluster: a kubeconfig whose server nobody listens on.
     let dir = crate::support::state_dir().join("cli");
@@ -210,6 +211,12 @@ async fn every_error_is_one_line_that_says_what_to_do() {
     let dead = dir.join("dead.kubeconfig");
     std::fs::write(&dead, text.replace(server, "https://127.0.0.1:9")).unwrap();
     refused(baton_with(&dead, &ns, &["list"]), &["cannot reach the API server at https://127.0.0.1:9/", "check that the cluster is up"]);
+    for cmd in RUN_COMMANDS {
+        refused(
+            baton_with(&dead, &ns, &[cmd, "ghost"]),
+            &["cannot reach the API server at https://127.0.0.1:9/", "check that the cluster is up"],
+        );
+    }
     refused(baton_with(&dir.join("missing"), &ns, &["list"]), &["cannot read kubeconfig"]);
 
     // Forbidden: a user who may read runs but not patch them.
@@ -217,7 +224,18 @@ async fn every_error_is_one_line_that_says_what_to_do() {
     ns.apply(&workflow("quick", "", &[task("a", &[], "500ms", 0, "")]));
     ns.apply(&run("q-1", "quick", ""));
     ok(baton_with(&viewer, &ns, &["get", "q-1"]));
-    refused(baton_with(&viewer, &ns, &["pause", "q-1"]), &["e2e-viewer", "cannot patch", "ask a cluster administrator"]);
+    let cannot_patch = ["e2e-viewer", "cannot patch", "ask a cluster administrator"];
+    for cmd in ["pause", "stop", "terminate"] {
+        refused(baton_with(&viewer, &ns, &[cmd, "q-1"]), &cannot_patch);
+    }
+    ok(baton(&ns, &["pause", "q-1"]));
+    refused(baton_with(&viewer, &ns, &["resume", "q-1"]), &cannot_patch);
+    // Runs but not their pods' logs.
+    let _c = ns.controller("c0");
+    ns.apply(&workflow("slow", "", &[task("a", &[], "1h", 0, "")]));
+    ns.apply(&run("s-1", "slow", ""));
+    wait_phase(&ns, "s-1", |p| p == RunPhase::Running).await;
+    refused(baton_with(&viewer, &ns, &["logs", "s-1"]), &["e2e-viewer", "cannot", "ask a cluster administrator"]);
     refused(baton_with(&viewer, &ns, &["list", "-A"]), &["cannot list", "ask a cluster administrator"]);
     // A user who may read runs but not watch them: watch says so, once.
     let lister = user_kubeconfig(&ns, "e2e-lister", "[get, list]");

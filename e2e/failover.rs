@@ -317,13 +317,13 @@ async fn a_quiet_lease_watch_never_makes_a_controller_take_its_live_peers_runs()
     ns.done().await;
 }
 
-/// A watch's errors (every watch gets some while the API server restarts)
-/// never hold up the controller's other work. kube's Controller backs off
-/// all its triggers on any error that reaches it, 0.8 s doubling to 30 s,
+/// Watch errors (every watch gets them while the API server restarts) never
+/// hold up the controller's work. kube's Controller backs off all its
+/// triggers when errors reach them back to back, 0.8 s doubling to 30 s,
 /// and in CI's chaos runs new runs waited up to a minute for an owner. Here
-/// the run watch fails five times in a row after each change it delivers
-/// (failpoint `run-watch-error`); each new run is still claimed within
-/// seconds.
+/// five errors in a row follow each change of a run (failpoint
+/// `run-watch-error`, past the watch's own pacing, as when every watch
+/// fails at once); each new run is still claimed within seconds.
 #[tokio::test]
 async fn watch_errors_never_hold_up_new_runs() {
     let ns = TestNs::new("watcherr").await;

@@ -1,6 +1,7 @@
 //! `baton ui` in a real headless browser (Debian's chromium, driven through
 //! chromedriver by WebDriver): the runs page, a diamond's graph whose
-//! colours follow its tasks, the Stop button, and a user whom RBAC refuses.
+//! colours follow its tasks, its buttons (Pause, Resume, Stop, Retry), and
+//! a user whom RBAC refuses.
 
 use std::time::Duration;
 
@@ -74,13 +75,28 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ui-run.png"), shot).unwrap();
 
+    // Pause, then Resume: each a patch of the run's spec, as the CLI's.
+    let api: Api<WorkflowInstance> = ns.api();
+    c.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
+    until(&c, "Resume to be offered once the page shows the pause", "!document.querySelector('#resume').disabled").await;
+    assert!(api.get("dia-1").await.unwrap().spec.suspend, "Pause set spec.suspend");
+    c.find(Locator::Id("resume")).await.unwrap().click().await.unwrap();
+    until(&c, "Pause to be offered again", "!document.querySelector('#pause').disabled").await;
+    assert!(!api.get("dia-1").await.unwrap().spec.suspend, "Resume cleared spec.suspend");
+
     c.find(Locator::Id("stop")).await.unwrap().click().await.unwrap();
     until(&c, "the page to show the run Stopped", "document.querySelector('#run-phase').dataset.phase === 'Stopped'").await;
-    let api: Api<WorkflowInstance> = ns.api();
     let stopped = api.get("dia-1").await.unwrap();
     assert_eq!(stopped.spec.shutdown, Shutdown::Stop);
     assert_eq!(stopped.status.unwrap().phase, Some(RunPhase::Stopped));
     assert!(c.find(Locator::Id("said")).await.unwrap().text().await.unwrap().contains("spec.shutdown=Stop"), "the page says what it asked");
+
+    // Retry of the stopped run: retryFailed one up, the stop withdrawn.
+    until(&c, "Retry to be offered on the stopped run", "!document.querySelector('#retry').disabled").await;
+    c.find(Locator::Id("retry")).await.unwrap().click().await.unwrap();
+    until(&c, "the page to say it asked for a retry", "document.querySelector('#said').textContent.includes('retryFailed=1')").await;
+    let retried = api.get("dia-1").await.unwrap().spec;
+    assert_eq!((retried.retry_failed, retried.shutdown), (1, Shutdown::None), "Retry asked for one more round");
 
     // A task's page: its attempts and the log of its pod.
     c.find(Locator::Css("g.node[data-task=\"a\"]")).await.unwrap().click().await.unwrap();

@@ -4,17 +4,16 @@
 //! after a couple of API server restarts, and a run then waits that long
 //! for its next step (the chaos suite saw runs stall past its 45 s drain).
 //! baton's watches are few (runs, pods, child runs, Workflows, Leases per
-//! controller), so they come back sooner: 250 ms doubling to 5 s, reset
-//! after 30 s without errors.
+//! controller), so they come back sooner: 250 ms doubling to 5 s, starting
+//! over once the watch works again ([`paced`]).
 //!
-//! A watch can also stay open and deliver nothing: after API server
-//! restarts the chaos suite saw one controller's run watch go silent for a
-//! minute (runs created meanwhile unclaimed) while its Lease and webhook
-//! worked, as Kubernetes does when a custom resource's storage is replaced
-//! under an open watch (kubernetes/kubernetes#71138). Every watch therefore
-//! asks the API server to end it after [`WATCH_TIMEOUT`]; the watcher then
-//! watches again from the last resourceVersion (no list), so a silent watch
-//! costs seconds, not minutes.
+//! A watch can also stay open and deliver nothing, on a connection whose
+//! other end is gone without a word (a partition, a load balancer dropping
+//! it). Every watch therefore asks the API server to end it after
+//! [`WATCH_TIMEOUT`], and kube gives up on one silent for that long plus a
+//! margin; the watcher then watches again from the last resourceVersion
+//! (no list), so a dead watch costs seconds, not kube's default five
+//! minutes.
 //!
 //! A watch's errors stop at the watch ([`triggers`]): kube's Controller
 //! backs off its whole trigger stream, every watch of the controller and
@@ -26,17 +25,15 @@
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher;
 use tracing::warn;
 
 const FIRST: Duration = Duration::from_millis(250);
 const MAX: Duration = Duration::from_secs(5);
-const RESET_AFTER: Duration = Duration::from_secs(30);
 
 /// Doubling delays from [`FIRST`] up to [`MAX`], never ending.
 #[derive(Debug, Clone)]
-pub struct Doubling {
+struct Doubling {
     next: Duration,
 }
 
@@ -46,25 +43,47 @@ impl Default for Doubling {
     }
 }
 
-impl Iterator for Doubling {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
+impl Doubling {
+    fn next(&mut self) -> Duration {
         let now = self.next;
         self.next = (now * 2).min(MAX);
-        Some(now)
+        now
     }
-}
 
-impl Backoff for Doubling {
     fn reset(&mut self) {
         self.next = FIRST;
     }
 }
 
-/// The backoff of every watch baton runs.
-pub fn watch() -> ResetTimerBackoff<Doubling> {
-    ResetTimerBackoff::new(Doubling::default(), RESET_AFTER)
+/// How long to wait after `event` before asking the watch for more: a
+/// doubling delay after each error, starting over once the watch has shown
+/// that it works (a listing completed, a change delivered). Not on `Init`:
+/// the watcher yields one before every attempt to list, however often the
+/// listing fails (kube's own `backoff` starts over on it, and a list the
+/// API server refuses was then asked again every 250 ms).
+fn pause_after<K>(event: &Result<watcher::Event<K>, watcher::Error>, delays: &mut Doubling) -> Option<Duration> {
+    match event {
+        Err(_) => Some(delays.next()),
+        Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+        Ok(_) => {
+            delays.reset();
+            None
+        }
+    }
+}
+
+/// A watch's events, asked for again after an error only once
+/// [`pause_after`] has passed. Every watch baton runs goes through it.
+pub fn paced<K: Send + 'static>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
+    futures::stream::unfold((events.boxed(), Doubling::default()), |(mut events, mut delays)| async move {
+        let event = events.next().await?;
+        if let Some(pause) = pause_after(&event, &mut delays) {
+            tokio::time::sleep(pause).await;
+        }
+        Some((event, (events, delays)))
+    })
 }
 
 /// How long the API server keeps one watch request open (`timeoutSeconds`).
@@ -75,7 +94,7 @@ pub fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT)
 }
 
-/// The objects a watch (already backing off with [`watch`]) delivers,
+/// The objects a watch (already [`paced`]) delivers,
 /// for a controller's triggers: its errors are logged with `what` and go
 /// no further, so they never hold up the controller's other triggers.
 pub fn triggers<K>(
@@ -96,11 +115,37 @@ mod tests {
 
     #[test]
     fn doubles_up_to_five_seconds_and_starts_over_on_reset() {
-        let mut b = Doubling::default();
-        let first: Vec<u128> = b.by_ref().take(7).map(|d| d.as_millis()).collect();
+        let mut d = Doubling::default();
+        let first: Vec<u128> = (0..7).map(|_| d.next().as_millis()).collect();
         assert_eq!(first, [250, 500, 1000, 2000, 4000, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next(), Some(FIRST));
+        d.reset();
+        assert_eq!(d.next(), FIRST);
+    }
+
+    /// A listing the API server keeps refusing (a missing permission, a
+    /// missing CRD) is asked again ever later, although the watcher says
+    /// Init before each attempt; a completed listing or a change starts the
+    /// delays over.
+    #[test]
+    fn a_list_that_keeps_failing_is_asked_again_ever_later() {
+        use watcher::Event::{Apply, Init, InitApply, InitDone};
+        let mut d = Doubling::default();
+        let events: Vec<Result<watcher::Event<i32>, watcher::Error>> = vec![
+            Ok(Init),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(Init),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(Init),
+            Ok(InitApply(1)),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(Init),
+            Ok(InitDone),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(Apply(2)),
+            Err(watcher::Error::NoResourceVersion),
+        ];
+        let pauses: Vec<u128> = events.iter().filter_map(|e| pause_after(e, &mut d)).map(|p| p.as_millis()).collect();
+        assert_eq!(pauses, [250, 500, 1000, 250, 250]);
     }
 
     #[tokio::test]

@@ -852,8 +852,7 @@ pub async fn run(
     let (runs, pods) = (scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()), scoped::<Pod>(&ctx.client, namespace.as_deref()));
     let (store, writer) = reflector::store();
     let (run_ctx, pod_ctx, child_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
-    let all_runs = watcher(runs.clone(), crate::backoff::watch_config().any_semantic())
-        .backoff(crate::backoff::watch())
+    let all_runs = crate::backoff::paced(watcher(runs.clone(), crate::backoff::watch_config().any_semantic()))
         .modify(crate::cache::trim_run)
         .reflect(writer)
         .inspect_ok(move |event| {
@@ -863,15 +862,15 @@ pub async fn run(
             }
         })
         .flat_map(|event| {
-            // Failpoint: after each change it delivers, the watch fails five
-            // times in a row, as every watch does while the API server restarts.
+            // Failpoint: after each change, errors reach the triggers five
+            // times in a row, as when every watch fails at once while the
+            // API server restarts.
             let fails = if crate::failpoint_on!("run-watch-error") && matches!(event, Ok(watcher::Event::Apply(_))) { 5 } else { 0 };
             futures::stream::iter(std::iter::once(event).chain((0..fails).map(|_| Err(watcher::Error::NoResourceVersion))))
         })
         .applied_objects();
     let all_runs = crate::backoff::triggers("runs", all_runs);
-    let run_pods = watcher(pods, crate::backoff::watch_config().labels(LABEL_INSTANCE).any_semantic())
-        .backoff(crate::backoff::watch())
+    let run_pods = crate::backoff::paced(watcher(pods, crate::backoff::watch_config().labels(LABEL_INSTANCE).any_semantic()))
         .inspect_ok(move |event| {
             // Failpoint: this controller's pod watch is behind (its pod
             // events do not reach the cache; its listings come up empty).
@@ -882,8 +881,7 @@ pub async fn run(
         })
         .touched_objects();
     let run_pods = crate::backoff::triggers("pods", run_pods);
-    let children = watcher(runs, crate::backoff::watch_config().labels(LABEL_PARENT).any_semantic())
-        .backoff(crate::backoff::watch())
+    let children = crate::backoff::paced(watcher(runs, crate::backoff::watch_config().labels(LABEL_PARENT).any_semantic()))
         .inspect_ok(move |event| child_ctx.cache.children.apply(event))
         .touched_objects();
     let children = crate::backoff::triggers("child runs", children);

@@ -12,7 +12,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -317,7 +317,7 @@ async fn renew_loop(api: &Api<Lease>, membership: &Membership, mut lease: Lease,
 async fn watch_loop(api: &Api<Lease>, membership: &Membership) {
     let config = &membership.0.config;
     let mut stop = membership.0.stop.subscribe();
-    let mut events = watcher(api.clone(), crate::backoff::watch_config().labels(&selector())).backoff(crate::backoff::watch()).boxed();
+    let mut events = crate::backoff::paced(watcher(api.clone(), crate::backoff::watch_config().labels(&selector()))).boxed();
     let mut relisted = HashSet::new();
     loop {
         // Tests hold the watch here to make it go quiet.

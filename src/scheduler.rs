@@ -335,15 +335,13 @@ pub async fn run(
     let (workflows, runs) =
         (scoped::<Workflow>(&ctx.client, namespace.as_deref()), scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()));
     let listed = ctx.clone();
-    let all = watcher(workflows, crate::backoff::watch_config().any_semantic())
-        .backoff(crate::backoff::watch())
+    let all = crate::backoff::paced(watcher(workflows, crate::backoff::watch_config().any_semantic()))
         .modify(crate::cache::trim)
         .reflect(writer)
         .inspect_ok(move |event| listed.note_listed("workflows", event))
         .applied_objects();
-    let scheduled = watcher(runs, crate::backoff::watch_config().labels(LABEL_SCHEDULED_BY).any_semantic())
-        .backoff(crate::backoff::watch())
-        .touched_objects();
+    let scheduled =
+        crate::backoff::paced(watcher(runs, crate::backoff::watch_config().labels(LABEL_SCHEDULED_BY).any_semantic())).touched_objects();
     Controller::for_stream(crate::backoff::triggers("workflows", all), ctx.workflows.clone())
         .watches_stream(crate::backoff::triggers("scheduled runs", scheduled), |run: WorkflowInstance| {
             let ns = run.namespace()?;
