@@ -340,8 +340,8 @@ async fn main() {
     // up to a minute (a namespace then got its default ServiceAccount 37 s
     // late): restarted, so the suites that follow find them fresh.
     let refreshed = faults::cluster(&["restart", "kube-controller-manager", "kube-scheduler", "kwok"]);
-    println!("[chaos] the API server's clients restarted: {}", if refreshed { "ok" } else { "failed" });
-    if outcome {
+    println!("[chaos] the API server's clients restarted: {}", if refreshed { "ok" } else { "FAILED (e2e/cluster restart)" });
+    if outcome && refreshed {
         ns.done().await;
     } else {
         println!("chaos: FAILED; namespace {} kept to look at", ns.name);
