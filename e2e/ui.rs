@@ -70,6 +70,12 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
         "document.querySelector('.timeline') && document.querySelector('.timeline').textContent.includes('d #0')",
     )
     .await;
+    until(
+        &c,
+        "the timeline to mark the owner's claim",
+        "document.querySelector('.timeline').textContent.includes('epoch 1: alpha (Created)')",
+    )
+    .await;
     let shot = c.screenshot().await.unwrap();
     let dir = std::env::var_os("UI_SCREENSHOT_DIR").map_or_else(|| state_dir().join("screenshots"), std::path::PathBuf::from);
     std::fs::create_dir_all(&dir).unwrap();
@@ -90,6 +96,22 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
     assert_eq!(stopped.spec.shutdown, Shutdown::Stop);
     assert_eq!(stopped.status.unwrap().phase, Some(RunPhase::Stopped));
     assert!(c.find(Locator::Id("said")).await.unwrap().text().await.unwrap().contains("spec.shutdown=Stop"), "the page says what it asked");
+
+    // Conditions as the API has them, and the Events of the requests.
+    let types: Vec<String> = api.get("dia-1").await.unwrap().status.unwrap().conditions.into_iter().map(|c| c.type_).collect();
+    assert!(!types.is_empty(), "a stopped run has conditions");
+    let shown = format!(
+        "(() => {{ const s = [...document.querySelectorAll('section')].find((x) => x.querySelector('h2')?.textContent === 'Conditions'); \
+         return s && {}.every((t) => [...s.querySelectorAll('td')].some((td) => td.textContent === t)); }})()",
+        serde_json::to_string(&types).unwrap()
+    );
+    until(&c, &format!("the conditions {types:?}"), &shown).await;
+    until(
+        &c,
+        "the Events Paused, Resumed and Stopped",
+        "['Paused', 'Resumed', 'Stopped'].every((r) => [...document.querySelectorAll('#events td')].some((td) => td.textContent === r))",
+    )
+    .await;
 
     // Retry of the stopped run: retryFailed one up, the stop withdrawn.
     until(&c, "Retry to be offered on the stopped run", "!document.querySelector('#retry').disabled").await;
