@@ -1,7 +1,7 @@
 //! `baton ui` in a real headless browser (Debian's chromium, driven through
 //! chromedriver by WebDriver): the runs page, a diamond's graph whose
-//! colours follow its tasks, its buttons (Pause, Resume, Stop, Retry), and
-//! a user whom RBAC refuses.
+//! colours follow its tasks, its buttons (Pause, Resume, Stop, Retry), the
+//! runs page's filters, and a user whom RBAC refuses.
 
 use std::time::Duration;
 
@@ -137,6 +137,19 @@ async fn the_ui_shows_a_live_diamond_and_stops_it() {
     .await;
     let table = c.find(Locator::Id("workflows")).await.unwrap().text().await.unwrap();
     assert!(table.contains("0 2 * * * (Europe/Berlin)") && table.contains("dia"), "{table}");
+
+    // The runs page's filters: by workflow (in the address), by phase
+    // (chosen in the page).
+    ns.apply(&run("n-1", "nightly", ""));
+    let (dia, nightly) = ("document.querySelector('tr[data-run=\"dia-1\"]')", "document.querySelector('tr[data-run=\"n-1\"]')");
+    c.goto(&format!("{url}#/runs?workflow=nightly")).await.unwrap();
+    until(&c, "only nightly's run listed", &format!("{nightly} && !{dia}")).await;
+    c.goto(&format!("{url}#/runs")).await.unwrap();
+    until(&c, "both runs listed", &format!("{nightly} && {dia}")).await;
+    c.execute("const s = document.querySelector('#phase'); s.value = 'Running'; s.dispatchEvent(new Event('change'));", vec![])
+        .await
+        .unwrap();
+    until(&c, "only the running run listed", &format!("location.hash.includes('phase=Running') && {dia} && !{nightly}")).await;
     c.close().await.unwrap();
     ns.done().await;
 }
