@@ -210,12 +210,10 @@ async fn every_error_is_one_line_that_says_what_to_do() {
     let server = text.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server: in the kubeconfig");
     let dead = dir.join("dead.kubeconfig");
     std::fs::write(&dead, text.replace(server, "https://127.0.0.1:9")).unwrap();
-    refused(baton_with(&dead, &ns, &["list"]), &["cannot reach the API server at https://127.0.0.1:9/", "check that the cluster is up"]);
+    let unreachable = ["cannot reach the API server at https://127.0.0.1:9/", "check that the cluster is up"];
+    refused(baton_with(&dead, &ns, &["list"]), &unreachable);
     for cmd in RUN_COMMANDS {
-        refused(
-            baton_with(&dead, &ns, &[cmd, "ghost"]),
-            &["cannot reach the API server at https://127.0.0.1:9/", "check that the cluster is up"],
-        );
+        refused(baton_with(&dead, &ns, &[cmd, "ghost"]), &unreachable);
     }
     refused(baton_with(&dir.join("missing"), &ns, &["list"]), &["cannot read kubeconfig"]);
 

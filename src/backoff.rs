@@ -5,7 +5,7 @@
 //! for its next step (the chaos suite saw runs stall past its 45 s drain).
 //! baton's watches are few (runs, pods, child runs, Workflows, Leases per
 //! controller), so they come back sooner: 250 ms doubling to 5 s, starting
-//! over once the watch works again ([`paced`]).
+//! over once the watch works again ([`watch`]).
 //!
 //! A watch can also stay open and deliver nothing, on a connection whose
 //! other end is gone without a word (a partition, a load balancer dropping
@@ -24,8 +24,12 @@
 
 use std::time::Duration;
 
+use std::fmt::Debug;
+
 use futures::{Stream, StreamExt};
 use kube::runtime::watcher;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 use tracing::warn;
 
 const FIRST: Duration = Duration::from_millis(250);
@@ -73,8 +77,8 @@ fn pause_after<K>(event: &Result<watcher::Event<K>, watcher::Error>, delays: &mu
 }
 
 /// A watch's events, asked for again after an error only once
-/// [`pause_after`] has passed. Every watch baton runs goes through it.
-pub fn paced<K: Send + 'static>(
+/// [`pause_after`] has passed.
+fn paced<K: Send + 'static>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
     futures::stream::unfold((events.boxed(), Doubling::default()), |(mut events, mut delays)| async move {
@@ -89,12 +93,20 @@ pub fn paced<K: Send + 'static>(
 /// How long the API server keeps one watch request open (`timeoutSeconds`).
 const WATCH_TIMEOUT: u32 = 10;
 
-/// The watcher configuration of every watch baton runs.
-pub fn watch_config() -> watcher::Config {
-    watcher::Config::default().timeout(WATCH_TIMEOUT)
+/// `config`, with every watch request ended by the API server after [`WATCH_TIMEOUT`].
+fn bounded(config: watcher::Config) -> watcher::Config {
+    config.timeout(WATCH_TIMEOUT)
 }
 
-/// The objects a watch (already [`paced`]) delivers,
+/// Every watch baton runs: kube's watcher, [`bounded`] and [`paced`].
+pub fn watch<K: Resource + Clone + DeserializeOwned + Debug + Send + 'static>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
+    paced(watcher::watcher(api, bounded(config)))
+}
+
+/// The objects a [`watch`] delivers,
 /// for a controller's triggers: its errors are logged with `what` and go
 /// no further, so they never hold up the controller's other triggers.
 pub fn triggers<K>(
@@ -157,6 +169,7 @@ mod tests {
 
     #[test]
     fn every_watch_is_ended_by_the_api_server_within_seconds() {
-        assert_eq!(watch_config().timeout, Some(WATCH_TIMEOUT));
+        let config = bounded(watcher::Config::default().labels("a=b"));
+        assert_eq!((config.timeout, config.label_selector.as_deref()), (Some(WATCH_TIMEOUT), Some("a=b")));
     }
 }

@@ -852,7 +852,7 @@ pub async fn run(
     let (runs, pods) = (scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()), scoped::<Pod>(&ctx.client, namespace.as_deref()));
     let (store, writer) = reflector::store();
     let (run_ctx, pod_ctx, child_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
-    let all_runs = crate::backoff::paced(watcher(runs.clone(), crate::backoff::watch_config().any_semantic()))
+    let all_runs = crate::backoff::watch(runs.clone(), watcher::Config::default().any_semantic())
         .modify(crate::cache::trim_run)
         .reflect(writer)
         .inspect_ok(move |event| {
@@ -870,7 +870,7 @@ pub async fn run(
         })
         .applied_objects();
     let all_runs = crate::backoff::triggers("runs", all_runs);
-    let run_pods = crate::backoff::paced(watcher(pods, crate::backoff::watch_config().labels(LABEL_INSTANCE).any_semantic()))
+    let run_pods = crate::backoff::watch(pods, watcher::Config::default().labels(LABEL_INSTANCE).any_semantic())
         .inspect_ok(move |event| {
             // Failpoint: this controller's pod watch is behind (its pod
             // events do not reach the cache; its listings come up empty).
@@ -881,7 +881,7 @@ pub async fn run(
         })
         .touched_objects();
     let run_pods = crate::backoff::triggers("pods", run_pods);
-    let children = crate::backoff::paced(watcher(runs, crate::backoff::watch_config().labels(LABEL_PARENT).any_semantic()))
+    let children = crate::backoff::watch(runs, watcher::Config::default().labels(LABEL_PARENT).any_semantic())
         .inspect_ok(move |event| child_ctx.cache.children.apply(event))
         .touched_objects();
     let children = crate::backoff::triggers("child runs", children);

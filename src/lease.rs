@@ -317,7 +317,7 @@ async fn renew_loop(api: &Api<Lease>, membership: &Membership, mut lease: Lease,
 async fn watch_loop(api: &Api<Lease>, membership: &Membership) {
     let config = &membership.0.config;
     let mut stop = membership.0.stop.subscribe();
-    let mut events = crate::backoff::paced(watcher(api.clone(), crate::backoff::watch_config().labels(&selector()))).boxed();
+    let mut events = crate::backoff::watch(api.clone(), watcher::Config::default().labels(&selector())).boxed();
     let mut relisted = HashSet::new();
     loop {
         // Tests hold the watch here to make it go quiet.

@@ -335,13 +335,12 @@ pub async fn run(
     let (workflows, runs) =
         (scoped::<Workflow>(&ctx.client, namespace.as_deref()), scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()));
     let listed = ctx.clone();
-    let all = crate::backoff::paced(watcher(workflows, crate::backoff::watch_config().any_semantic()))
+    let all = crate::backoff::watch(workflows, watcher::Config::default().any_semantic())
         .modify(crate::cache::trim)
         .reflect(writer)
         .inspect_ok(move |event| listed.note_listed("workflows", event))
         .applied_objects();
-    let scheduled =
-        crate::backoff::paced(watcher(runs, crate::backoff::watch_config().labels(LABEL_SCHEDULED_BY).any_semantic())).touched_objects();
+    let scheduled = crate::backoff::watch(runs, watcher::Config::default().labels(LABEL_SCHEDULED_BY).any_semantic()).touched_objects();
     Controller::for_stream(crate::backoff::triggers("workflows", all), ctx.workflows.clone())
         .watches_stream(crate::backoff::triggers("scheduled runs", scheduled), |run: WorkflowInstance| {
             let ns = run.namespace()?;

@@ -148,15 +148,13 @@ pub(crate) fn cluster(args: &[&str]) -> bool {
 }
 
 /// The local control plane's components whose process is gone (their pid
-/// files in `target/e2e/pids` name no live process).
+/// files in `target/e2e/pids`, which `e2e/cluster` writes for each
+/// component it starts and removes when it stops one, name no live process).
 pub(crate) fn dead_components() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(state_dir().join("pids")) else { return Vec::new() };
     dir.flatten()
         .filter_map(|e| {
             let name = e.file_name().to_str()?.strip_suffix(".pid")?.to_string();
-            const COMPONENTS: [&str; 8] =
-                ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "containerd", "kubelet", "kube-proxy"];
-            COMPONENTS.contains(&name.as_str()).then_some(())?;
             let pid: i32 = std::fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
             (kill(Pid::from_raw(pid), None).is_err()).then_some(name)
         })
