@@ -196,6 +196,58 @@ async fn logs_read_the_task_pods_of_the_run() {
     ns.done().await;
 }
 
+/// `logs -f` that finds a task's pod before the pod is scheduled: the API
+/// server answers an unscheduled pod's log with an empty stream, which is
+/// not the end of that pod's log.
+#[tokio::test]
+async fn logs_follow_a_pod_that_is_scheduled_after_the_command_found_it() {
+    let ns = TestNs::new("cli-logs-held").await;
+    let _c = ns.controller("alpha");
+    // Scheduled only once a fake node carries this label with this value.
+    let (key, node) = ("e2e.baton.dev/logs-held", "kwok-node-0");
+    ns.apply(&workflow(
+        "held",
+        "",
+        &[format!(
+            "    - name: a\n      container: {{name: main, image: busybox, command: [sh, -c, echo]}}\n\
+             \x20     podTemplate: {{nodeSelector: {{{key}: {}}}, metadata: {{annotations: {{baton.dev/sim-duration: 1s}}}}}}\n",
+            ns.name
+        )],
+    ));
+    ns.apply(&run("h-1", "held", ""));
+    let follow = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", &ns.name, "logs", "h-1", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run baton");
+    let pods: Api<Pod> = ns.api();
+    crate::support::wait_for("pod h-1-a-0 to wait for a node", std::time::Duration::from_secs(60), || async {
+        match pods.get_opt("h-1-a-0").await {
+            Ok(Some(p)) if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // The command looks at the run at least every 2 s: it has found the pod.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    ns.kubectl(&["label", "node", node, &format!("{key}={}", ns.name), "--overwrite"], None);
+    let pid = follow.id().to_string();
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(60), tokio::task::spawn_blocking(move || follow.wait_with_output().unwrap()))
+            .await;
+    ns.kubectl(&["label", "node", node, &format!("{key}-")], None);
+    let Ok(out) = out else {
+        let _ = Command::new("kill").arg(&pid).status();
+        panic!("baton logs h-1 -f still going 60 s after the pod could be scheduled");
+    };
+    let logged = ok(out.unwrap());
+    let expected: String = ns.kubectl(&["logs", "h-1-a-0"], None).lines().map(|l| format!("a: {l}\n")).collect();
+    assert!(!expected.is_empty(), "a simulated pod has a log (e2e/README.md)");
+    assert_eq!(logged, expected, "baton logs -f printed the log of a pod scheduled after it looked");
+    ns.done().await;
+}
+
 #[tokio::test]
 async fn every_error_is_one_line_that_says_what_to_do() {
     let ns = TestNs::new("cli-errors").await;

@@ -574,19 +574,20 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
         let (pods, session) = (pods.clone(), session.clone());
         move |key: &str, pod: Pod, tx: Lines| {
             let (pods, session, key, label) = (pods.clone(), session.clone(), key.to_string(), label(key));
-            async move {
+            tokio::spawn(async move {
+                let Some(pod) = once_started(&pods, pod).await else { return };
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
                 let stream = pods
                     .log_stream(&pod_name, &log_params(&pod, !pod_finished(&pod)))
                     .await
                     .map_err(|e| log_refused(&session, &key, &pod_name, e));
-                tokio::spawn(send_log(pods, pod, label, stream, tx));
-            }
+                send_log(pods, pod, label, stream, tx).await;
+            });
         }
     };
     let mut seen: std::collections::HashSet<String> = readable.iter().filter_map(|(_, p)| p.metadata.name.clone()).collect();
     for (key, pod) in readable {
-        start(&key, pod, tx.clone()).await;
+        start(&key, pod, tx.clone());
     }
     if attempt.is_none() {
         let (runs, pods, task, uid, tx) = (session.runs(), pods.clone(), task.map(String::from), uid.clone(), tx.clone());
@@ -616,7 +617,7 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
                         && baton::objects::controlled_by(&p.metadata, &uid)
                     {
                         seen.insert(pod);
-                        start(&key, p, tx.clone()).await;
+                        start(&key, p, tx.clone());
                     }
                 }
                 if view::ended(run).is_some() {
@@ -646,6 +647,25 @@ fn emit(text: &str) {
     {
         std::process::exit(0);
     }
+}
+
+/// The pod once it has started, looked up every half second: until then
+/// the API server has no log to follow (an unscheduled pod's log is empty,
+/// a waiting container's is refused). None once the pod is gone.
+async fn once_started(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    mut pod: k8s_openapi::api::core::v1::Pod,
+) -> Option<k8s_openapi::api::core::v1::Pod> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    while !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running" | "Succeeded" | "Failed")) {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        match pods.get_opt(&name).await {
+            Ok(Some(p)) => pod = p,
+            Ok(None) => return None,
+            Err(_) => {}
+        }
+    }
+    Some(pod)
 }
 
 fn pod_finished(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
