@@ -36,7 +36,7 @@ fn ok(o: Output) -> String {
 
 /// Asserts that the command failed with exit code 1 and one line on stderr
 /// that contains every needle; returns that line.
-fn refused(o: Output, needles: &[&str]) -> String {
+pub(crate) fn refused(o: Output, needles: &[&str]) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(1), "stdout: {} stderr: {err}", stdout(&o));
     assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "one line: {err:?}");
@@ -198,7 +198,8 @@ async fn logs_read_the_task_pods_of_the_run() {
 
 /// `logs -f` that finds a task's pod before the pod is scheduled: the API
 /// server answers an unscheduled pod's log with an empty stream, which is
-/// not the end of that pod's log.
+/// not the end of that pod's log; and a pod made again under the same name
+/// is another pod, with a log of its own.
 #[tokio::test]
 async fn logs_follow_a_pod_that_is_scheduled_after_the_command_found_it() {
     let ns = TestNs::new("cli-logs-held").await;
@@ -229,8 +230,19 @@ async fn logs_follow_a_pod_that_is_scheduled_after_the_command_found_it() {
         }
     })
     .await;
-    // The command looks at the run at least every 2 s: it has found the pod.
+    // The command has found the pod. Deleted while it waits, the pod is
+    // made again under its name by the run's owner: that one is followed.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let first = pods.get("h-1-a-0").await.unwrap().metadata.uid;
+    pods.delete("h-1-a-0", &DeleteParams::default().grace_period(0)).await.unwrap();
+    crate::support::wait_for("pod h-1-a-0 made again", std::time::Duration::from_secs(30), || async {
+        match pods.get_opt("h-1-a-0").await {
+            Ok(Some(p)) if p.metadata.uid != first => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     ns.kubectl(&["label", "node", node, &format!("{key}={}", ns.name), "--overwrite"], None);
     let pid = follow.id().to_string();
     let out =
@@ -241,10 +253,110 @@ async fn logs_follow_a_pod_that_is_scheduled_after_the_command_found_it() {
         let _ = Command::new("kill").arg(&pid).status();
         panic!("baton logs h-1 -f still going 60 s after the pod could be scheduled");
     };
-    let logged = ok(out.unwrap());
+    let out = out.unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains("a: pod h-1-a-0") && said.contains("no log"), "the deleted pod is a note: {said}");
+    let logged = ok(out);
     let expected: String = ns.kubectl(&["logs", "h-1-a-0"], None).lines().map(|l| format!("a: {l}\n")).collect();
     assert!(!expected.is_empty(), "a simulated pod has a log (e2e/README.md)");
     assert_eq!(logged, expected, "baton logs -f printed the log of a pod scheduled after it looked");
+    ns.done().await;
+}
+
+/// `baton ARGS` in the test's namespace with stdout on a pseudo-terminal
+/// (util-linux `script`), as a user types it; `NO_COLOR` only if `env` sets it.
+fn on_a_terminal(ns: &TestNs, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let kubeconfig = kubeconfig().to_str().unwrap().to_string();
+    let words = [env!("CARGO_BIN_EXE_baton"), "--kubeconfig", &kubeconfig, "-n", &ns.name].into_iter().chain(args.iter().copied());
+    let line = words.map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" ");
+    Command::new("script")
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux)")
+}
+
+#[tokio::test]
+async fn colour_and_redraws_only_on_a_terminal_and_never_with_no_color() {
+    let ns = TestNs::new("cli-tty").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&workflow("two", "", &[task("a", &[], "1s", 0, ""), task("b", &["a"], "1s", 0, "")]));
+    ns.apply(&run("t-1", "two", ""));
+
+    // Watched on a terminal: the screen is cleared and drawn again, in
+    // colour, until the run ends.
+    let watched = on_a_terminal(&ns, &[], &["watch", "t-1"]);
+    let screen = stdout(&watched);
+    assert!(watched.status.success(), "exit {:?}: {screen:?}", watched.status.code());
+    const REDRAW: &str = "\x1b[H\x1b[2J";
+    assert!(screen.matches(REDRAW).count() >= 2, "redrawn in place: {screen:?}");
+    let last = screen.rsplit(REDRAW).next().unwrap();
+    assert!(last.contains("\x1b[32mSucceeded\x1b[0m"), "the last screen shows the run Succeeded, in green: {last:?}");
+    assert!(last.contains("run t-1 ended Succeeded"), "{last:?}");
+
+    // get: colour on a terminal, none with NO_COLOR, none into a pipe.
+    let coloured = ok(on_a_terminal(&ns, &[], &["get", "t-1"]));
+    assert!(coloured.contains("\x1b[32m"), "{coloured:?}");
+    for (how, out) in [
+        ("NO_COLOR on a terminal", ok(on_a_terminal(&ns, &[("NO_COLOR", "1")], &["get", "t-1"]))),
+        (
+            "into a pipe",
+            ok(Command::new(env!("CARGO_BIN_EXE_baton"))
+                .env_remove("NO_COLOR")
+                .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", &ns.name, "get", "t-1"])
+                .output()
+                .unwrap()),
+        ),
+    ] {
+        assert!(!out.contains('\x1b') && out.contains("Succeeded"), "{how}: {out:?}");
+    }
+    // A watch into a pipe prints a line per change and no screen control.
+    let lines = ok(baton(&ns, &["watch", "t-1"]));
+    assert!(!lines.contains('\x1b'), "{lines:?}");
+    ns.done().await;
+}
+
+/// `--context` picks a context of the kubeconfig, with its namespace, over
+/// the current one.
+#[tokio::test]
+async fn context_picks_the_cluster_and_its_namespace() {
+    let ns = TestNs::new("cli-context").await;
+    ns.apply(&workflow("quick", "", &[task("a", &[], "500ms", 0, "")]));
+    ns.apply(&run("x-1", "quick", ""));
+    let mut config = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    let good = config.current_context.clone().expect("the cluster's kubeconfig has a current context");
+    let mut dead_cluster = config.clusters[0].clone();
+    dead_cluster.name = "dead".into();
+    dead_cluster.cluster.as_mut().unwrap().server = Some("https://127.0.0.1:9".into());
+    config.clusters.push(dead_cluster);
+    let mut dead = config.contexts.iter().find(|c| c.name == good).unwrap().clone();
+    for c in config.contexts.iter_mut().filter(|c| c.name == good) {
+        c.context.as_mut().unwrap().namespace = Some(ns.name.clone());
+    }
+    dead.name = "dead".into();
+    dead.context.as_mut().unwrap().cluster = "dead".into();
+    config.contexts.push(dead);
+    config.current_context = Some("dead".into());
+    let dir = crate::support::state_dir().join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("contexts-{}.kubeconfig", ns.name));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    // No -n: the namespace is the context's.
+    let with = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .env("NO_COLOR", "1")
+            .args(["--kubeconfig", path.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    refused(with(&["list"]), &["cannot reach the API server at https://127.0.0.1:9/"]);
+    let listed = ok(with(&["--context", &good, "list"]));
+    assert!(listed.lines().any(|l| l.starts_with("x-1 ")), "the context's namespace {}: {listed}", ns.name);
+    assert!(ok(with(&["--context", &good, "get", "x-1"])).contains("quick"));
+    refused(with(&["--context", "nope", "list"]), &["the kubeconfig has no context \"nope\"", "kubectl config get-contexts"]);
     ns.done().await;
 }
 

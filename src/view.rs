@@ -261,6 +261,59 @@ pub fn pod_of(run: &str, entry: &TaskStatus, attempt: Option<i32>) -> String {
     }
 }
 
+/// What the log of a task pod holds, for `baton logs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodLog {
+    /// Nothing yet: the pod waits for a node or its container to start.
+    /// (An unscheduled pod's log reads as empty, a waiting container's is
+    /// refused: neither is the end of the log.)
+    NotYet,
+    /// Its container runs: the log grows until it ends.
+    Live,
+    /// Its container ran and ended: the log is whole.
+    Ended,
+    /// There never will be one, and why.
+    Never(String),
+}
+
+/// What the log of `pod`'s task container (its first) holds now.
+pub fn pod_log(pod: &k8s_openapi::api::core::v1::Pod) -> PodLog {
+    let status = pod.status.as_ref();
+    let ended = matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+    let container = pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.as_str());
+    let state = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| Some(c.name.as_str()) == container))
+        .and_then(|c| c.state.as_ref().map(|state| (c, state)));
+    let deleted = pod.metadata.deletion_timestamp.is_some();
+    match state {
+        Some((_, s)) if s.running.is_some() => PodLog::Live,
+        // A container that was never created is reported terminated with
+        // no start and no ID (ContainerStatusUnknown): it wrote nothing.
+        Some((c, s))
+            if s.terminated.as_ref().is_some_and(|t| t.started_at.is_some() || t.container_id.is_some() || c.container_id.is_some()) =>
+        {
+            PodLog::Ended
+        }
+        Some((_, s)) if let Some(t) = &s.terminated => PodLog::Never(format!(
+            "its container never started ({})",
+            t.reason.as_deref().or(t.message.as_deref()).unwrap_or("terminated before it ran")
+        )),
+        Some((_, s))
+            if (ended || deleted)
+                && let Some(w) = &s.waiting =>
+        {
+            PodLog::Never(format!("its container never started ({})", w.reason.as_deref().unwrap_or("waiting")))
+        }
+        _ if ended => PodLog::Never(format!(
+            "it ended before its container started ({})",
+            status.and_then(|s| s.reason.as_deref().or(s.message.as_deref())).unwrap_or("no reason given")
+        )),
+        _ if deleted => PodLog::Never("it was deleted before its container started".into()),
+        _ => PodLog::NotYet,
+    }
+}
+
 fn marker(phase: TaskPhase) -> &'static str {
     match phase {
         TaskPhase::Pending => "◷",

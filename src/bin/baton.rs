@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use baton::api::{RunPhase, WorkflowInstance};
 use baton::steer::{self, Outcome, Request};
-use baton::view::{self, Style};
+use baton::view::{self, PodLog, Style};
 use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 
@@ -212,7 +213,12 @@ async fn session(cli: &Cli) -> Result<Session, Failure> {
         }
         None => kube::Config::from_kubeconfig(&options).await,
     }
-    .map_err(|e| Failure(format!("no usable kubeconfig ({e}); set KUBECONFIG or pass --kubeconfig")))?;
+    .map_err(|e| match e {
+        kube::config::KubeconfigError::LoadContext(context) => {
+            Failure(format!("the kubeconfig has no context {context:?}; kubectl config get-contexts lists those it has"))
+        }
+        e => Failure(format!("no usable kubeconfig ({e}); set KUBECONFIG or pass --kubeconfig")),
+    })?;
     let namespace = cli.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let server = config.cluster_url.to_string();
     Ok(Session { client: kube::Client::try_from(config)?, namespace, server })
@@ -430,14 +436,15 @@ fn log_targets(run: &WorkflowInstance, task: Option<&str>, attempt: Option<i32>)
     Ok(targets)
 }
 
-/// Most pods `baton logs -f` follows at once (kubectl's --max-log-requests).
+/// Most pods `baton logs -f` reads at once (kubectl's --max-log-requests);
+/// more running than that when it starts is refused, later ones wait.
 const MAX_FOLLOWED: usize = 10;
 
 type Lines = tokio::sync::mpsc::UnboundedSender<Result<String, Failure>>;
 
 /// Log requests for the task's own container, by name: injected sidecars
 /// make a pod's log ambiguous otherwise.
-fn log_params(pod: &k8s_openapi::api::core::v1::Pod, follow: bool) -> kube::api::LogParams {
+fn log_params(pod: &Pod, follow: bool) -> kube::api::LogParams {
     kube::api::LogParams {
         follow,
         container: pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()),
@@ -458,26 +465,15 @@ fn log_refused(session: &Session, key: &str, pod: &str, e: kube::Error) -> Failu
 }
 
 /// Sends the log of `pod` to `lines`, each line after `label`: whole if the
-/// pod has ended, else followed until the pod ends (a kubelet closes the
-/// stream then, a simulated node does not).
-async fn send_log(
-    pods: Api<k8s_openapi::api::core::v1::Pod>,
-    pod: k8s_openapi::api::core::v1::Pod,
-    label: String,
-    stream: Result<impl futures::AsyncBufRead + Send + 'static, Failure>,
-    lines: Lines,
-) {
+/// pod has ended, else followed until the pod ends. A kubelet closes the
+/// stream then; a simulated node does not, so once the pod has ended the
+/// stream is read until it is quiet for a second.
+async fn send_log(pods: Api<Pod>, pod: Pod, label: String, stream: impl futures::AsyncBufRead + Send + 'static, lines: Lines) {
     use futures::AsyncBufReadExt;
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let follow = !pod_finished(&pod);
-    let mut stream = match stream {
-        Ok(s) => Box::pin(s),
-        Err(f) => return drop(lines.send(Err(f))),
-    };
+    let mut stream = Box::pin(stream);
+    let mut finished = pod_finished(&pod);
     let ended = async {
-        if !follow {
-            return std::future::pending().await;
-        }
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             match pods.get_opt(&name).await {
@@ -486,27 +482,39 @@ async fn send_log(
                 _ => break,
             }
         }
-        // What the node still sends of the last lines.
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     };
     tokio::pin!(ended);
     let mut line = Vec::new();
     loop {
         line.clear();
+        let quiet = tokio::time::sleep(std::time::Duration::from_secs(1));
         tokio::select! {
             read = stream.read_until(b'\n', &mut line) => match read {
                 Ok(0) => return,
                 Ok(_) => drop(lines.send(Ok(format!("{label}{}", String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']))))),
                 Err(e) => return drop(lines.send(Err(Failure(format!("{label}the log stream broke ({e}); run baton logs again"))))),
             },
-            _ = &mut ended => return,
+            _ = &mut ended, if !finished => finished = true,
+            _ = quiet, if finished => return,
         }
+    }
+}
+
+/// Reads `pod`'s log into `lines` (whole, or followed while it runs), one
+/// of at most MAX_FOLLOWED at a time.
+async fn read_log(session: Arc<Session>, pod: Pod, key: String, label: String, lines: Lines, permits: Arc<tokio::sync::Semaphore>) {
+    let Ok(_permit) = permits.acquire_owned().await else { return };
+    let pods: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    match pods.log_stream(&name, &log_params(&pod, !pod_finished(&pod))).await {
+        Ok(stream) => send_log(pods, pod, label, stream, lines).await,
+        Err(kube::Error::Api(s)) if s.code == 404 => eprintln!("{key}: pod {name} was deleted before its log could be read"),
+        Err(e) => drop(lines.send(Err(log_refused(&session, &key, &name, e)))),
     }
 }
 
 async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: Option<i32>) -> Result<ExitCode, Failure> {
     use futures::AsyncReadExt;
-    use k8s_openapi::api::core::v1::Pod;
     let session = Arc::new(session(cli).await?);
     let run = session.run(name).await?;
     let uid = run.metadata.uid.clone().unwrap_or_default();
@@ -515,7 +523,10 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
     // Lines carry their task unless one task's one pod is asked for.
     let prefix = task.is_none() || targets.len() > 1;
     let label = move |key: &str| if prefix { format!("{key}: ") } else { String::new() };
-    if targets.is_empty() && !follow {
+    if follow {
+        return follow_logs(session, run, task, attempt, label).await;
+    }
+    if targets.is_empty() {
         return Err(Failure(match task {
             Some(t) => format!(
                 "task {t} of run {name} has not started a pod yet; baton logs -f waits for it, baton watch {name} shows when it does"
@@ -523,111 +534,201 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
             None => format!("run {name} has not started a task pod yet; baton logs -f waits for it"),
         }));
     }
+    // Without a TASK, a pod with nothing to read is a note on stderr and
+    // the others are read; with one, it is the answer.
+    let lacking = |why: String| {
+        if task.is_some() {
+            return Err(Failure(why));
+        }
+        eprintln!("{why}");
+        Ok(())
+    };
     let mut readable = vec![];
     for (key, pod) in targets {
         match pods.get_opt(&pod).await.map_err(|e| session.failure(e))? {
-            Some(p) if baton::objects::controlled_by(&p.metadata, &uid) => readable.push((key, p)),
+            Some(p) if baton::objects::controlled_by(&p.metadata, &uid) => match view::pod_log(&p) {
+                PodLog::Live | PodLog::Ended => readable.push((key, p)),
+                PodLog::NotYet => lacking(format!("{key}: pod {pod} has not started yet; baton logs -f waits for it"))?,
+                PodLog::Never(why) => lacking(format!("{key}: pod {pod} has no log: {why}"))?,
+            },
             Some(_) => {
                 return Err(Failure(format!(
                     "pod {pod} is not run {name}'s (its controller is another object, so its name collided); baton get {name} shows the task's message"
                 )));
             }
-            None if task.is_some() && !follow => {
+            None if task.is_some() => {
                 return Err(Failure(format!(
                     "pod {pod} of task {key} does not exist: not created yet, or deleted (podGC or by hand); baton get {name} shows its exit code and message"
                 )));
             }
-            None if !follow => eprintln!("{key}: pod {pod} does not exist (not created yet, or deleted)"),
-            None => {}
+            None => eprintln!("{key}: pod {pod} does not exist (not created yet, or deleted)"),
         }
     }
-    if !follow {
-        if readable.is_empty() {
-            return Err(Failure(format!("no pod of run {name} is left to read; baton get {name} shows each task's exit code and message")));
-        }
-        // Read whole, one after another, in the tree's order.
-        for (key, pod) in &readable {
-            let pod_name = pod.metadata.name.clone().unwrap_or_default();
-            let mut bytes = Vec::new();
-            let mut stream =
-                pods.log_stream(&pod_name, &log_params(pod, false)).await.map_err(|e| log_refused(&session, key, &pod_name, e))?;
-            stream
-                .read_to_end(&mut bytes)
-                .await
-                .map_err(|e| Failure(format!("{key}: the log stream broke ({e}); run baton logs again")))?;
-            for line in String::from_utf8_lossy(&bytes).lines() {
-                emit(&format!("{}{line}\n", label(key)));
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
+    if readable.is_empty() {
+        return Err(Failure(format!("no pod of run {name} is left to read; baton get {name} shows each task's exit code and message")));
     }
-    let running = readable.iter().filter(|(_, p)| !pod_finished(p)).count();
-    if running > MAX_FOLLOWED {
-        return Err(Failure(format!(
-            "{running} pods of run {name} are running, more than the {MAX_FOLLOWED} that -f follows at once; name a TASK"
-        )));
+    // Read whole, one after another, in the tree's order.
+    for (key, pod) in &readable {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let mut bytes = Vec::new();
+        let mut stream = pods.log_stream(&pod_name, &log_params(pod, false)).await.map_err(|e| log_refused(&session, key, &pod_name, e))?;
+        stream.read_to_end(&mut bytes).await.map_err(|e| Failure(format!("{key}: the log stream broke ({e}); run baton logs again")))?;
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            emit(&format!("{}{line}\n", label(key)));
+        }
     }
-    // Following: every pod of the run's tasks, those there now and those
-    // that start later (new tasks, retries), until the run has ended.
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton logs -f`: the logs of the run's task pods, each once its
+/// container has started, as a watch of the run and a watch of its pods
+/// show them: the pods there now and those that come later (new tasks,
+/// retries, a pod made again under its name). Ends when the run has ended
+/// (with --attempt, once that pod's log is read) and every log is read;
+/// a pod with no log to read is a note on stderr.
+async fn follow_logs(
+    session: Arc<Session>,
+    first: WorkflowInstance,
+    task: Option<&str>,
+    attempt: Option<i32>,
+    label: impl Fn(&str) -> String,
+) -> Result<ExitCode, Failure> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use std::collections::HashMap;
+    let name = first.metadata.name.clone().unwrap_or_default();
+    let uid = first.metadata.uid.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
+    let selector = format!("{}={}", baton::objects::LABEL_INSTANCE, baton::naming::label_value(&name));
+    let mut pod_events = watcher(pods.clone(), watcher::Config::default().labels(&selector)).default_backoff().boxed();
+    let mut run_events = watcher::watch_object(session.runs(), &name).default_backoff().boxed();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, Failure>>();
-    let start = {
-        let (pods, session) = (pods.clone(), session.clone());
-        move |key: &str, pod: Pod, tx: Lines| {
-            let (pods, session, key, label) = (pods.clone(), session.clone(), key.to_string(), label(key));
-            tokio::spawn(async move {
-                let Some(pod) = once_started(&pods, pod).await else { return };
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                let stream = pods
-                    .log_stream(&pod_name, &log_params(&pod, !pod_finished(&pod)))
-                    .await
-                    .map_err(|e| log_refused(&session, &key, &pod_name, e));
-                send_log(pods, pod, label, stream, tx).await;
-            });
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWED));
+    let mut run = first;
+    // The run's pods as the watch has them, by name; a relist is gathered
+    // apart, so a pod that went meanwhile is known to have gone.
+    let (mut known, mut relist): (HashMap<String, Pod>, Option<HashMap<String, Pod>>) = (HashMap::new(), None);
+    let mut synced = false;
+    // Pods wanted (name → task key): once wanted, until read or reported,
+    // so an attempt is not lost when the run moves on to the next.
+    let mut wanted: HashMap<String, String> = HashMap::new();
+    let mut handled = Handled::default();
+    let mut failed = None;
+    // What to do with a wanted pod: read it, or say why there is nothing.
+    let consider = |key: &str, pod: &Pod, last_look: bool, handled: &mut Handled| {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        if handled.has(pod) {
+            return;
+        }
+        if !baton::objects::controlled_by(&pod.metadata, &uid) {
+            handled.add(pod);
+            return eprintln!("{key}: pod {pod_name} is not run {name}'s (its name collided); baton get {name} shows the task's message");
+        }
+        match view::pod_log(pod) {
+            PodLog::NotYet if !last_look => {}
+            PodLog::NotYet => {
+                handled.add(pod);
+                eprintln!("{key}: pod {pod_name} never started, so it has no log");
+            }
+            PodLog::Never(why) => {
+                handled.add(pod);
+                eprintln!("{key}: pod {pod_name} has no log: {why}");
+            }
+            PodLog::Live | PodLog::Ended => {
+                handled.add(pod);
+                tokio::spawn(read_log(session.clone(), pod.clone(), key.to_string(), label(key), tx.clone(), permits.clone()));
+            }
         }
     };
-    let mut seen: std::collections::HashSet<String> = readable.iter().filter_map(|(_, p)| p.metadata.name.clone()).collect();
-    for (key, pod) in readable {
-        start(&key, pod, tx.clone());
-    }
-    if attempt.is_none() {
-        let (runs, pods, task, uid, tx) = (session.runs(), pods.clone(), task.map(String::from), uid.clone(), tx.clone());
-        let name = name.to_string();
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            use kube::runtime::WatchStreamExt;
-            let mut events = kube::runtime::watcher::watch_object(runs, &name).default_backoff().boxed();
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-            let mut latest: Option<WorkflowInstance> = None;
-            loop {
-                tokio::select! {
-                    event = events.next() => match event {
-                        Some(Ok(Some(r))) => latest = Some(r),
-                        Some(Ok(None)) | None => return,
-                        Some(Err(_)) => continue,
-                    },
-                    _ = tick.tick() => {}
-                }
-                let Some(run) = latest.as_ref() else { continue };
-                for (key, pod) in log_targets(run, task.as_deref(), None).unwrap_or_default() {
-                    if seen.contains(&pod) {
-                        continue;
-                    }
-                    // A pod of an intent not created yet is looked for again.
-                    if let Ok(Some(p)) = pods.get_opt(&pod).await
-                        && baton::objects::controlled_by(&p.metadata, &uid)
-                    {
-                        seen.insert(pod);
-                        start(&key, p, tx.clone());
-                    }
-                }
-                if view::ended(run).is_some() {
-                    return;
+    loop {
+        for (key, pod) in log_targets(&run, task, attempt).unwrap_or_default() {
+            wanted.entry(pod).or_insert(key);
+        }
+        if view::ended(&run).is_some() {
+            break;
+        }
+        if synced {
+            for (pod_name, key) in &wanted {
+                if let Some(pod) = known.get(pod_name) {
+                    consider(key, pod, false, &mut handled);
                 }
             }
-        });
+            if attempt.is_some() && !wanted.is_empty() && wanted.keys().all(|n| handled.names.contains(n)) {
+                break;
+            }
+        }
+        tokio::select! {
+            event = run_events.next() => match event {
+                Some(Ok(Some(r))) if r.metadata.uid.as_deref() == Some(uid.as_str()) => run = r,
+                Some(Ok(_)) | None => {
+                    eprintln!("run {name} was deleted (or created again) while its logs were followed");
+                    break;
+                }
+                Some(Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)))
+                    if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) => return Err(session.failure(e)),
+                Some(Err(_)) => {}
+            },
+            event = pod_events.next() => match event {
+                Some(Ok(watcher::Event::Init)) => relist = Some(HashMap::new()),
+                Some(Ok(watcher::Event::InitApply(p))) => {
+                    relist.get_or_insert_with(HashMap::new).insert(p.metadata.name.clone().unwrap_or_default(), p);
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let now = relist.take().unwrap_or_default();
+                    for (gone, pod) in known.drain().filter(|(n, _)| !now.contains_key(n)) {
+                        if let Some(key) = wanted.get(&gone) {
+                            consider(key, &pod, true, &mut handled);
+                        }
+                    }
+                    known = now;
+                    if !synced {
+                        synced = true;
+                        let live = wanted.keys().filter(|n| known.get(*n).is_some_and(|p| view::pod_log(p) == PodLog::Live)).count();
+                        if live > MAX_FOLLOWED {
+                            return Err(Failure(format!(
+                                "{live} pods of run {name} are running, more than the {MAX_FOLLOWED} that -f follows at once; name a TASK"
+                            )));
+                        }
+                    }
+                }
+                Some(Ok(watcher::Event::Apply(p))) => drop(known.insert(p.metadata.name.clone().unwrap_or_default(), p)),
+                // Its last state says whether a log went with it.
+                Some(Ok(watcher::Event::Delete(p))) => {
+                    let gone = p.metadata.name.clone().unwrap_or_default();
+                    known.remove(&gone);
+                    if let Some(key) = wanted.get(&gone) {
+                        let lost = !handled.has(&p) && matches!(view::pod_log(&p), PodLog::Live | PodLog::Ended);
+                        if lost && baton::objects::controlled_by(&p.metadata, &uid) {
+                            handled.add(&p);
+                            eprintln!("{key}: pod {gone} was deleted before its log could be read");
+                        } else {
+                            consider(key, &p, true, &mut handled);
+                        }
+                    }
+                }
+                Some(Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)))
+                    if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403)) => return Err(session.failure(e)),
+                Some(Err(_)) | None => {}
+            },
+            Some(line) = rx.recv() => match line {
+                Ok(l) => emit(&format!("{l}\n")),
+                Err(f) => failed = Some(f),
+            },
+        }
+    }
+    // The run has ended: a pod the watch has not caught up with is looked
+    // at once more, as the API server has it now.
+    for (pod_name, key) in &wanted {
+        match pods.get_opt(pod_name).await {
+            Ok(Some(pod)) => consider(key, &pod, true, &mut handled),
+            Ok(None) if !handled.names.contains(pod_name) => {
+                eprintln!("{key}: pod {pod_name} does not exist: never created, or deleted before its log could be read");
+            }
+            Ok(None) => {}
+            Err(e) => failed = Some(session.failure(e)),
+        }
     }
     drop(tx);
-    let mut failed = None;
     while let Some(line) = rx.recv().await {
         match line {
             Ok(l) => emit(&format!("{l}\n")),
@@ -635,6 +736,25 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
         }
     }
     failed.map_or(Ok(ExitCode::SUCCESS), Err)
+}
+
+/// The pods `baton logs -f` has read or said why it could not, by UID (a
+/// pod made again under its name is another) and by name.
+#[derive(Default)]
+struct Handled {
+    uids: std::collections::HashSet<String>,
+    names: std::collections::HashSet<String>,
+}
+
+impl Handled {
+    fn has(&self, pod: &Pod) -> bool {
+        pod.metadata.uid.as_ref().is_some_and(|u| self.uids.contains(u))
+    }
+
+    fn add(&mut self, pod: &Pod) {
+        self.uids.extend(pod.metadata.uid.clone());
+        self.names.extend(pod.metadata.name.clone());
+    }
 }
 
 /// Writes to stdout; a reader that went away (`| head`) ends the command
@@ -649,26 +769,7 @@ fn emit(text: &str) {
     }
 }
 
-/// The pod once it has started, looked up every half second: until then
-/// the API server has no log to follow (an unscheduled pod's log is empty,
-/// a waiting container's is refused). None once the pod is gone.
-async fn once_started(
-    pods: &Api<k8s_openapi::api::core::v1::Pod>,
-    mut pod: k8s_openapi::api::core::v1::Pod,
-) -> Option<k8s_openapi::api::core::v1::Pod> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    while !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running" | "Succeeded" | "Failed")) {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        match pods.get_opt(&name).await {
-            Ok(Some(p)) => pod = p,
-            Ok(None) => return None,
-            Err(_) => {}
-        }
-    }
-    Some(pod)
-}
-
-fn pod_finished(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+fn pod_finished(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 

@@ -240,3 +240,61 @@ fn review_a_run_that_ended_before_any_task_says_so() {
     let text = super::run(&run, at("2026-11-22T10:01:00Z"), Style { color: false });
     assert!(text.contains("No tasks: the run ended before any task started"), "{text}");
 }
+
+fn pod(status: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_yaml::from_str(&format!(
+        "metadata: {{name: r-a-0}}\nspec: {{containers: [{{name: main, image: busybox}}, {{name: sidecar, image: proxy}}]}}\n{status}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_pods_log_is_read_once_its_container_started_and_only_then() {
+    let cases = [
+        ("unscheduled", "status: {phase: Pending}", PodLog::NotYet),
+        ("no status yet", "", PodLog::NotYet),
+        (
+            "creating",
+            "status: {phase: Pending, containerStatuses: [{name: main, image: busybox, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: ContainerCreating}}}]}",
+            PodLog::NotYet,
+        ),
+        (
+            "the sidecar runs, the task's container waits",
+            "status: {phase: Pending, containerStatuses: [\
+             {name: sidecar, image: proxy, imageID: '', ready: true, restartCount: 0, state: {running: {startedAt: '2026-11-22T10:00:00Z'}}},\
+             {name: main, image: busybox, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: PodInitializing}}}]}",
+            PodLog::NotYet,
+        ),
+        (
+            "running",
+            "status: {phase: Running, containerStatuses: [{name: main, image: busybox, imageID: '', ready: true, restartCount: 0, state: {running: {startedAt: '2026-11-22T10:00:00Z'}}}]}",
+            PodLog::Live,
+        ),
+        (
+            "ran and ended, even if it went from Pending to Succeeded between two looks",
+            "status: {phase: Succeeded, containerStatuses: [{name: main, image: busybox, imageID: '', ready: false, restartCount: 0, containerID: 'containerd://1', state: {terminated: {exitCode: 0, startedAt: '2026-11-22T10:00:00Z', finishedAt: '2026-11-22T10:00:01Z'}}}]}",
+            PodLog::Ended,
+        ),
+        (
+            "deleted while being created: terminated with no start and no ID",
+            "status: {phase: Failed, containerStatuses: [{name: main, image: busybox, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 137, reason: ContainerStatusUnknown}}}]}",
+            PodLog::Never("its container never started (ContainerStatusUnknown)".into()),
+        ),
+        (
+            "its image never came and the pod was stopped",
+            "status: {phase: Failed, containerStatuses: [{name: main, image: busybox, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: ImagePullBackOff}}}]}",
+            PodLog::Never("its container never started (ImagePullBackOff)".into()),
+        ),
+        (
+            "refused by the node",
+            "status: {phase: Failed, reason: OutOfcpu, message: 'Pod was rejected'}",
+            PodLog::Never("it ended before its container started (OutOfcpu)".into()),
+        ),
+    ];
+    for (what, status, expected) in cases {
+        assert_eq!(pod_log(&pod(status)), expected, "{what}");
+    }
+    let mut going = pod("status: {phase: Pending}");
+    going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-22T10:00:00Z")));
+    assert_eq!(pod_log(&going), PodLog::Never("it was deleted before its container started".into()), "deleted unscheduled");
+}
