@@ -20,24 +20,6 @@ use std::time::{Duration, Instant};
 use baton::api::WorkflowInstance;
 use kube::api::Api;
 
-const LAYERS: usize = 20;
-const WIDTH: usize = 50;
-
-/// A workflow of LAYERS × WIDTH tasks, each after two of the layer before.
-fn big_workflow() -> String {
-    let mut tasks = String::new();
-    for l in 0..LAYERS {
-        for i in 0..WIDTH {
-            let deps = if l == 0 { String::new() } else { format!("t{}-{i}, t{}-{}", l - 1, l - 1, (i + 1) % WIDTH) };
-            tasks.push_str(&format!(
-                "    - name: t{l}-{i}\n      dependsOn: [{deps}]\n      container: {{name: main, image: busybox, command: [sh, -c, 'exit 0']}}\n\
-                 \x20     podTemplate: {{metadata: {{annotations: {{baton.dev/sim-duration: 600s}}}}}}\n"
-            ));
-        }
-    }
-    format!("apiVersion: baton.dev/v1alpha1\nkind: Workflow\nmetadata: {{name: big}}\nspec:\n  parallelism: 10\n  tasks:\n{tasks}")
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -76,7 +58,7 @@ async fn main() {
     let loads: usize = std::env::var("BENCH_UI_LOADS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let ns = support::TestNs::new("bench-ui").await;
     let _controller = ns.controller("bench");
-    ns.apply(&big_workflow());
+    ns.apply(&browser::big_workflow("big"));
     ns.apply("apiVersion: baton.dev/v1alpha1\nkind: WorkflowInstance\nmetadata: {name: big-1}\nspec: {workflowRef: {name: big}}\n");
     let runs: Api<WorkflowInstance> = ns.api();
     support::wait_for("the run of 1,000 tasks to start", Duration::from_secs(120), || async {
@@ -98,7 +80,10 @@ async fn main() {
     println!("| page | first contentful paint | content drawn |");
     println!("|---|---|---|");
     println!("| runs | {runs_fcp:.0} ms | {runs_drawn:.0} ms |");
-    println!("| a run of {} tasks ({nodes} graph nodes, {size} px) | {run_fcp:.0} ms | {run_drawn:.0} ms |", LAYERS * WIDTH);
+    println!(
+        "| a run of {} tasks ({nodes} graph nodes, {size} px) | {run_fcp:.0} ms | {run_drawn:.0} ms |",
+        browser::BIG_LAYERS * browser::BIG_WIDTH
+    );
     c.close().await.unwrap();
     ns.done().await;
 }

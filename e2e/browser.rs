@@ -29,15 +29,21 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `baton ui` with `kubeconfig`, and the URL it printed.
 pub fn start_ui(kubeconfig: &std::path::Path, namespace: &str) -> (Killed, String) {
+    start_ui_with(kubeconfig, namespace, &[])
+}
+
+/// `baton ui ARGS` with `kubeconfig`, and the URL it printed.
+pub fn start_ui_with(kubeconfig: &std::path::Path, namespace: &str, args: &[&str]) -> (Killed, String) {
     let mut child = Killed::spawn(
         Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", namespace, "ui"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit()),
     )
@@ -68,4 +74,26 @@ pub async fn browser() -> (Killed, Client) {
     })
     .await;
     (driver, client)
+}
+
+/// Layers of [`big_workflow`].
+pub const BIG_LAYERS: usize = 20;
+/// Tasks in each layer of [`big_workflow`].
+pub const BIG_WIDTH: usize = 50;
+
+/// A workflow of BIG_LAYERS × BIG_WIDTH tasks, `t{layer}-{i}`, each after
+/// two of the layer before (`i` and `i + 1`), whose pods run for 10
+/// minutes, 10 at a time.
+pub fn big_workflow(name: &str) -> String {
+    let mut tasks = String::new();
+    for l in 0..BIG_LAYERS {
+        for i in 0..BIG_WIDTH {
+            let deps = if l == 0 { String::new() } else { format!("t{}-{i}, t{}-{}", l - 1, l - 1, (i + 1) % BIG_WIDTH) };
+            tasks.push_str(&format!(
+                "    - name: t{l}-{i}\n      dependsOn: [{deps}]\n      container: {{name: main, image: busybox, command: [sh, -c, 'exit 0']}}\n\
+                 \x20     podTemplate: {{metadata: {{annotations: {{baton.dev/sim-duration: 600s}}}}}}\n"
+            ));
+        }
+    }
+    format!("apiVersion: baton.dev/v1alpha1\nkind: Workflow\nmetadata: {{name: {name}}}\nspec:\n  parallelism: 10\n  tasks:\n{tasks}")
 }

@@ -1,15 +1,16 @@
 //! `baton ui` in a real headless browser (Debian's chromium, driven through
 //! chromedriver by WebDriver): the runs page, a diamond's graph whose
 //! colours follow its tasks, its buttons (Pause, Resume, Stop, Retry), the
-//! runs page's filters, and a user whom RBAC refuses.
+//! runs page's filters, a user whom RBAC refuses, the Workflows page as a
+//! schedule ticks, the graph of a run of 1,000 tasks, and `--port`.
 
 use std::time::Duration;
 
-use baton::api::{RunPhase, Shutdown, WorkflowInstance};
+use baton::api::{RunPhase, Shutdown, Workflow, WorkflowInstance};
 use fantoccini::{Client, Locator};
 use kube::api::Api;
 
-use crate::browser::{browser, start_ui};
+use crate::browser::{BIG_LAYERS, BIG_WIDTH, big_workflow, browser, free_port, start_ui, start_ui_with};
 use crate::runs::{run, task, wait_phase, workflow};
 use crate::support::{TestNs, kubeconfig, state_dir, wait_for};
 
@@ -173,6 +174,140 @@ async fn a_user_without_patch_rights_sees_the_refusal_in_the_page() {
     let api: Api<WorkflowInstance> = ns.api();
     assert!(!api.get("s-1").await.unwrap().spec.suspend, "nothing was changed");
     c.close().await.unwrap();
+    ns.done().await;
+}
+
+/// Where the page drew a task's node, in CSS pixels.
+#[derive(serde::Deserialize, Debug)]
+struct Drawn {
+    task: String,
+    label: String,
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+    /// The label lies within the node's box.
+    inside: bool,
+    font: f64,
+}
+
+/// A run of 1,000 tasks is drawn as a layered graph a person can read:
+/// every task a node at full size (the page scrolls, it never shrinks the
+/// graph), each label whole and inside its node, no two nodes overlapping,
+/// and each layer a column of its own to the right of the one it depends on.
+#[tokio::test]
+async fn a_run_of_a_thousand_tasks_is_a_readable_layered_graph() {
+    let ns = TestNs::new("ui-big").await;
+    let _c = ns.controller("alpha");
+    ns.apply(&big_workflow("big"));
+    ns.apply(&run("big-1", "big", ""));
+    let runs: Api<WorkflowInstance> = ns.api();
+    wait_for("the run of 1,000 tasks to start", Duration::from_secs(120), || async {
+        let run = runs.get("big-1").await.map_err(|e| e.to_string())?;
+        run.status.and_then(|s| s.workflow_spec).map(|_| ()).ok_or_else(|| "not started".to_string())
+    })
+    .await;
+    let (_ui, url) = start_ui(kubeconfig(), &ns.name);
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{url}#/run/{}/big-1", ns.name)).await.unwrap();
+    let total = BIG_LAYERS * BIG_WIDTH;
+    until(&c, "the graph's 1,000 nodes", &format!("document.querySelectorAll('svg g.node').length === {total}")).await;
+    let scale = c
+        .execute("const s = document.querySelector('.graph svg'); return s.getBoundingClientRect().width / s.width.baseVal.value;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(scale.as_f64(), Some(1.0), "drawn at full size");
+    let drawn = c
+        .execute(
+            "return [...document.querySelectorAll('.graph svg g.node')].map((g) => { \
+               const r = g.querySelector('rect').getBoundingClientRect(), text = g.querySelector('text'), t = text.getBoundingClientRect(); \
+               return { task: g.dataset.task, label: text.textContent, x: r.left, y: r.top, w: r.width, h: r.height, \
+                        inside: t.left >= r.left && t.right <= r.right && t.top >= r.top && t.bottom <= r.bottom, \
+                        font: parseFloat(getComputedStyle(text).fontSize) }; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let drawn: Vec<Drawn> = serde_json::from_value(drawn).unwrap();
+    assert_eq!(drawn.len(), total);
+    for d in &drawn {
+        assert!(d.label == d.task && d.inside && d.font >= 11.0 && d.w >= 100.0 && d.h >= 20.0, "{d:?}");
+    }
+    let overlap = |a: &Drawn, b: &Drawn| a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+    for (i, a) in drawn.iter().enumerate() {
+        if let Some(b) = drawn[i + 1..].iter().find(|b| overlap(a, b)) {
+            panic!("{} and {} overlap: {a:?} {b:?}", a.task, b.task);
+        }
+    }
+    let at = |l: usize, i: usize| drawn.iter().find(|d| d.task == format!("t{l}-{i}")).unwrap();
+    for l in 0..BIG_LAYERS {
+        for i in 0..BIG_WIDTH {
+            assert_eq!(at(l, i).x, at(l, 0).x, "layer {l} is one column");
+            if l > 0 {
+                assert!(at(l, i).x > at(l - 1, i).x + at(l - 1, i).w, "t{l}-{i} right of what it depends on");
+            }
+        }
+    }
+    c.close().await.unwrap();
+    ns.done().await;
+}
+
+/// The Workflows page follows a schedule as it ticks: its last tick, its
+/// active run (a link to it) and the ticks missed while no controller ran,
+/// as the Workflow's status has them.
+#[tokio::test]
+async fn the_workflows_page_follows_a_schedule_as_it_ticks() {
+    let ns = TestNs::new("ui-ticks").await;
+    let mut controller = ns.controller("alpha");
+    let every2 = "  schedule: {cron: \"*/2 * * * * *\", concurrencyPolicy: Forbid}\n";
+    ns.apply(&workflow("often", every2, &[task("a", &[], "300s", 0, "")]));
+    let (_ui, url) = start_ui(kubeconfig(), &ns.name);
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{url}#/workflows")).await.unwrap();
+    let row = "[...document.querySelectorAll('#workflows tbody tr')].find((r) => r.cells[0].textContent === 'often')";
+    let api: Api<Workflow> = ns.api();
+    let status = wait_for("often's first run", Duration::from_secs(30), || async {
+        let s = api.get("often").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+        if s.active_runs.is_empty() { Err("no active run".to_string()) } else { Ok(s) }
+    })
+    .await;
+    let active = &status.active_runs[0];
+    until(
+        &c,
+        &format!("the active run {active}, linked"),
+        &format!("{row}?.cells[6].querySelector('a')?.getAttribute('href') === '#/run/{}/{active}'", ns.name),
+    )
+    .await;
+    until(&c, "a last tick", &format!("/^20\\d\\d-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ$/.test({row}?.cells[5].textContent)")).await;
+    until(&c, "no missed tick yet", &format!("{row}?.cells[7].textContent === '0'")).await;
+
+    // Ticks pass while no controller runs: counted as missed once one is back.
+    controller.kill();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    controller.restart();
+    let missed = wait_for("the missed ticks to be counted", Duration::from_secs(30), || async {
+        let s = api.get("often").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+        if s.missed_ticks > 0 { Ok(s.missed_ticks) } else { Err("none yet".to_string()) }
+    })
+    .await;
+    until(&c, &format!("{missed} missed ticks shown"), &format!("{row}?.cells[7].textContent === '{missed}'")).await;
+    let last = api.get("often").await.unwrap().status.unwrap().last_schedule_time.unwrap().0.to_string();
+    until(&c, &format!("the last tick {last}"), &format!("{row}?.cells[5].textContent === '{last}'")).await;
+    c.close().await.unwrap();
+    ns.done().await;
+}
+
+#[tokio::test]
+async fn ui_listens_on_the_port_asked_for_and_says_when_it_is_taken() {
+    let ns = TestNs::new("ui-port").await;
+    let port = free_port().to_string();
+    let (_ui, url) = start_ui_with(kubeconfig(), &ns.name, &["--port", &port]);
+    assert!(url.starts_with(&format!("http://127.0.0.1:{port}/")), "{url}");
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", &ns.name, "ui", "--port", &port])
+        .output()
+        .unwrap();
+    crate::cli::refused(again, &[&format!("cannot listen on 127.0.0.1:{port}"), "pick another --port"]);
     ns.done().await;
 }
 
