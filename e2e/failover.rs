@@ -139,6 +139,39 @@ async fn sigterm_hands_runs_over_at_once_and_deletes_the_lease() {
     ns.done().await;
 }
 
+/// A clean stop hands over every run that still needs an owner, finished
+/// ones waiting for their TTL included: none is left to be claimed once
+/// the stopped controller's Lease is gone (a Failover).
+#[tokio::test]
+async fn sigterm_hands_over_finished_runs_that_still_need_an_owner() {
+    let ns = TestNs::new("handoff-kept").await;
+    let mut c = [ns.controller("alpha"), ns.controller("beta")];
+    ns.apply(&workflow("kept", "  ttlSecondsAfterFinished: 3600\n", &[task("a", &[], "300ms", 0, "")]));
+    let names: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+    for n in &names {
+        ns.apply(&run(n, "kept", ""));
+    }
+    for n in &names {
+        wait_phase(&ns, n, |p| p == RunPhase::Succeeded).await;
+    }
+    let i = owner_index(&ns, "k0", &[&c[0], &c[1]]).await;
+    let (leaving, survivor) = (c[i].identity.clone(), c[1 - i].identity.clone());
+    let api: Api<WorkflowInstance> = ns.api();
+    let mut theirs = vec![];
+    for n in &names {
+        if owner(&api.get(n).await.unwrap()).is_some_and(|(who, _)| who == leaving) {
+            theirs.push(n.clone());
+        }
+    }
+    c[i].stop();
+    for n in &theirs {
+        let (r, _) = wait_owner(&ns, n, &survivor, Duration::from_secs(30)).await;
+        let history = &r.status.as_ref().unwrap().owner_history;
+        assert_eq!(history.last().unwrap().reason, OwnerChangeReason::Handoff, "{n} was released by {leaving}: {history:?}");
+    }
+    ns.done().await;
+}
+
 #[tokio::test]
 async fn frozen_owner_is_fenced_out_after_it_thaws() {
     let ns = TestNs::new("freeze").await;

@@ -155,9 +155,11 @@ impl Context {
         self.track(uid, None);
     }
 
-    /// Unfinished runs this controller still owns.
-    pub fn owned_unfinished(&self) -> usize {
-        self.owned.lock().expect("poisoned").values().filter(|p| !p.is_terminal()).count()
+    /// Runs this controller owns that need an owner (idle ones are not
+    /// kept here): running ones, and finished ones still being cleaned up
+    /// or waiting for their TTL. A clean stop hands them all over.
+    pub fn owned_runs(&self) -> usize {
+        self.owned.lock().expect("poisoned").len()
     }
 
     fn track(&self, uid: &str, phase: Option<RunPhase>) {

@@ -156,13 +156,13 @@ async fn main() -> anyhow::Result<()> {
     ctx.draining.store(true, Ordering::SeqCst);
     let _ = drain_tx.send(true);
     let deadline = tokio::time::Instant::now() + flags.lease_duration;
-    while ctx.owned_unfinished() > 0 && tokio::time::Instant::now() < deadline {
+    while ctx.owned_runs() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = stop_tx.send(true);
     let _ = tokio::join!(runs, workflows);
     lease_handle.release().await;
-    info!(controller = %identity, left = ctx.owned_unfinished(), "stopped");
+    info!(controller = %identity, left = ctx.owned_runs(), "stopped");
     Ok(())
 }
 
