@@ -178,6 +178,13 @@ async fn logs_read_the_task_pods_of_the_run() {
     assert!(whole.lines().any(|l| l.starts_with("a: ")) && whole.lines().any(|l| l.starts_with("b: ")), "{whole}");
     assert_eq!(api.get("c-1").await.unwrap().status.and_then(|s| s.phase), Some(RunPhase::Succeeded), "-f ended with the run");
 
+    // One attempt followed: done when that attempt is, not with the run.
+    ns.apply(&workflow("long", "", &[task("a", &[], "1s", 0, ""), task("b", &["a"], "120s", 0, "")]));
+    ns.apply(&run("l-1", "long", ""));
+    let one = ok(baton(&ns, &["logs", "l-1", "a", "--attempt", "0", "-f"]));
+    assert_eq!(api.get("l-1").await.unwrap().status.and_then(|s| s.phase), Some(RunPhase::Running), "ended before the run");
+    assert_eq!(one, ns.kubectl(&["logs", "l-1-a-0"], None));
+
     refused(baton(&ns, &["logs", "t-1", "nope"]), &["run t-1 has no task \"nope\"", "a, b"]);
     refused(baton(&ns, &["logs", "t-1", "a", "--attempt", "3"]), &["task a has attempts 0 to 0"]);
     let pods: Api<Pod> = ns.api();

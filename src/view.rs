@@ -250,6 +250,20 @@ pub fn rows(run: &WorkflowInstance) -> Vec<Row<'_>> {
     out
 }
 
+/// The rows `baton logs RUN [TASK]` reads: all, or one task's (its
+/// instances included), or one instance's.
+pub fn picked<'r, 'a>(rows: &'r [Row<'a>], task: Option<&str>) -> Vec<&'r Row<'a>> {
+    rows.iter().filter(|r| task.is_none_or(|t| r.key == t || naming::task_of(&r.key) == t)).collect()
+}
+
+/// Whether attempt `n` of every picked task is over: a later attempt has
+/// begun, or the task has finished. `baton logs -f --attempt N` ends then.
+pub fn attempt_over(run: &WorkflowInstance, task: Option<&str>, n: i32) -> bool {
+    let rows = rows(run);
+    let picked = picked(&rows, task);
+    !picked.is_empty() && picked.iter().all(|r| r.entry.is_some_and(|e| e.attempts > n + 1 || e.phase.is_finished()))
+}
+
 /// The pod of attempt `attempt` of an entry (container tasks): the name in
 /// status for the current attempt, else the deterministic one.
 pub fn pod_of(run: &str, entry: &TaskStatus, attempt: Option<i32>) -> String {

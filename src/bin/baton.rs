@@ -400,16 +400,17 @@ async fn watch(cli: &Cli, name: &str) -> Result<ExitCode, Failure> {
 }
 
 /// The pods `baton logs` reads: (what prefixes their lines, pod name);
-/// none while no task has started one.
-fn log_targets(run: &WorkflowInstance, task: Option<&str>, attempt: Option<i32>) -> Result<Vec<(String, String)>, Failure> {
+/// none while no task has started one. Following, a task that has not
+/// reached `attempt` yet is waited for rather than refused.
+fn log_targets(run: &WorkflowInstance, task: Option<&str>, attempt: Option<i32>, follow: bool) -> Result<Vec<(String, String)>, Failure> {
     let name = run.metadata.name.as_deref().unwrap_or_default();
     let rows = view::rows(run);
-    let picked: Vec<&view::Row> = match task {
-        Some(t) => rows.iter().filter(|r| r.key == t || baton::naming::task_of(&r.key) == t).collect(),
-        None => rows.iter().collect(),
-    };
+    let picked = view::picked(&rows, task);
+    // Before a controller took the run up, its tasks are not known yet.
+    let started = run.status.as_ref().is_some_and(|s| s.workflow_spec.is_some());
     if let Some(t) = task
         && picked.is_empty()
+        && started
     {
         let names: Vec<&str> = rows.iter().map(|r| r.key.as_str()).filter(|k| baton::naming::parse_instance_key(k).is_none()).collect();
         return Err(Failure(format!("run {name} has no task {t:?}; its tasks are: {}", names.join(", "))));
@@ -429,6 +430,9 @@ fn log_targets(run: &WorkflowInstance, task: Option<&str>, attempt: Option<i32>)
         if let Some(a) = attempt
             && (a < 0 || a >= entry.attempts)
         {
+            if follow && a >= 0 {
+                continue;
+            }
             return Err(Failure(format!("task {} has attempts 0 to {}; pick one of them with --attempt", entry.name, entry.attempts - 1)));
         }
         targets.push((entry.name.clone(), view::pod_of(name, entry, attempt)));
@@ -465,37 +469,64 @@ fn log_refused(session: &Session, key: &str, pod: &str, e: kube::Error) -> Failu
 }
 
 /// Sends the log of `pod` to `lines`, each line after `label`: whole if the
-/// pod has ended, else followed until the pod ends. A kubelet closes the
-/// stream then; a simulated node does not, so once the pod has ended the
-/// stream is read until it is quiet for a second.
+/// pod has ended, else followed until the pod ends.
 async fn send_log(pods: Api<Pod>, pod: Pod, label: String, stream: impl futures::AsyncBufRead + Send + 'static, lines: Lines) {
-    use futures::AsyncBufReadExt;
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let mut stream = Box::pin(stream);
-    let mut finished = pod_finished(&pod);
+    let followed = !pod_finished(&pod);
+    // Polled, as a simulated node never says: ended, gone, or made again.
     let ended = async {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             match pods.get_opt(&name).await {
-                Ok(Some(p)) if !pod_finished(&p) => {}
+                Ok(Some(p))
+                    if p.metadata.uid == pod.metadata.uid
+                        && p.metadata.deletion_timestamp.is_none()
+                        && view::pod_log(&p) == PodLog::Live => {}
                 Err(_) => {}
                 _ => break,
             }
         }
     };
-    tokio::pin!(ended);
+    pump(stream, followed.then_some(ended), &label, &lines).await;
+}
+
+/// Sends each line of `stream` to `lines` after `label`, up to its end. A
+/// followed log ends when the stream does, as a kubelet closes it once the
+/// container has ended; or, since a simulated node never does, once
+/// `ended` is done and the stream has been quiet for a second. What is
+/// left at the end (a last line with no newline) is sent as it is.
+async fn pump(stream: impl futures::AsyncBufRead, ended: Option<impl std::future::Future<Output = ()>>, label: &str, lines: &Lines) {
+    use futures::AsyncBufReadExt;
+    let mut stream = std::pin::pin!(stream);
+    let followed = ended.is_some();
+    let mut ended = std::pin::pin!(async move {
+        match ended {
+            Some(ended) => ended.await,
+            None => std::future::pending().await,
+        }
+    });
+    let mut finished = false;
     let mut line = Vec::new();
+    let send = |line: &mut Vec<u8>| {
+        if !line.is_empty() {
+            drop(lines.send(Ok(format!("{label}{}", String::from_utf8_lossy(line).trim_end_matches(['\n', '\r'])))));
+            line.clear();
+        }
+    };
     loop {
-        line.clear();
         let quiet = tokio::time::sleep(std::time::Duration::from_secs(1));
         tokio::select! {
             read = stream.read_until(b'\n', &mut line) => match read {
-                Ok(0) => return,
-                Ok(_) => drop(lines.send(Ok(format!("{label}{}", String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']))))),
-                Err(e) => return drop(lines.send(Err(Failure(format!("{label}the log stream broke ({e}); run baton logs again"))))),
+                Ok(0) => return send(&mut line),
+                Ok(_) if line.ends_with(b"\n") => send(&mut line),
+                Ok(_) => {}
+                Err(e) => {
+                    send(&mut line);
+                    return drop(lines.send(Err(Failure(format!("{label}the log stream broke ({e}); run baton logs again")))));
+                }
             },
-            _ = &mut ended, if !finished => finished = true,
-            _ = quiet, if finished => return,
+            _ = &mut ended, if followed && !finished => finished = true,
+            _ = quiet, if finished => return send(&mut line),
         }
     }
 }
@@ -519,9 +550,14 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
     let run = session.run(name).await?;
     let uid = run.metadata.uid.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
-    let targets = log_targets(&run, task, attempt)?;
-    // Lines carry their task unless one task's one pod is asked for.
-    let prefix = task.is_none() || targets.len() > 1;
+    let targets = log_targets(&run, task, attempt, follow)?;
+    // Lines carry their task unless one task's one pod is asked for (a
+    // fanned-out task's instances may be one now and more later).
+    let fans_out = |t: &str| {
+        let spec = run.status.as_ref().and_then(|s| s.workflow_spec.as_ref());
+        spec.is_some_and(|w| w.tasks.iter().chain(&w.on_exit).any(|x| x.name == t && x.fans_out()))
+    };
+    let prefix = targets.len() > 1 || task.is_none_or(fans_out);
     let label = move |key: &str| if prefix { format!("{key}: ") } else { String::new() };
     if follow {
         return follow_logs(session, run, task, attempt, label).await;
@@ -534,10 +570,11 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
             None => format!("run {name} has not started a task pod yet; baton logs -f waits for it"),
         }));
     }
-    // Without a TASK, a pod with nothing to read is a note on stderr and
-    // the others are read; with one, it is the answer.
+    // Of several pods, one with nothing to read is a note on stderr and the
+    // others are read; of one, it is the answer.
+    let single = targets.len() == 1;
     let lacking = |why: String| {
-        if task.is_some() {
+        if single {
             return Err(Failure(why));
         }
         eprintln!("{why}");
@@ -556,7 +593,7 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
                     "pod {pod} is not run {name}'s (its controller is another object, so its name collided); baton get {name} shows the task's message"
                 )));
             }
-            None if task.is_some() => {
+            None if single && task.is_some() => {
                 return Err(Failure(format!(
                     "pod {pod} of task {key} does not exist: not created yet, or deleted (podGC or by hand); baton get {name} shows its exit code and message"
                 )));
@@ -584,8 +621,8 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
 /// container has started, as a watch of the run and a watch of its pods
 /// show them: the pods there now and those that come later (new tasks,
 /// retries, a pod made again under its name). Ends when the run has ended
-/// (with --attempt, once that pod's log is read) and every log is read;
-/// a pod with no log to read is a note on stderr.
+/// (with --attempt, once that attempt is over) and every log is read; a
+/// pod with no log to read is a note on stderr.
 async fn follow_logs(
     session: Arc<Session>,
     first: WorkflowInstance,
@@ -613,7 +650,7 @@ async fn follow_logs(
     // so an attempt is not lost when the run moves on to the next.
     let mut wanted: HashMap<String, String> = HashMap::new();
     let mut handled = Handled::default();
-    let mut failed = None;
+    let mut failed: Option<Failure> = None;
     // What to do with a wanted pod: read it, or say why there is nothing.
     let consider = |key: &str, pod: &Pod, last_look: bool, handled: &mut Handled| {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
@@ -640,28 +677,32 @@ async fn follow_logs(
             }
         }
     };
+    // What changed since the last look: the run (so what is wanted), or
+    // one pod.
+    let (mut run_changed, mut pod_changed): (bool, Option<String>) = (true, None);
     loop {
-        for (key, pod) in log_targets(&run, task, attempt).unwrap_or_default() {
-            wanted.entry(pod).or_insert(key);
-        }
-        if view::ended(&run).is_some() {
-            break;
-        }
-        if synced {
-            for (pod_name, key) in &wanted {
-                if let Some(pod) = known.get(pod_name) {
-                    consider(key, pod, false, &mut handled);
-                }
+        if run_changed {
+            for (key, pod) in log_targets(&run, task, attempt, true).unwrap_or_default() {
+                wanted.entry(pod).or_insert(key);
             }
-            if attempt.is_some() && !wanted.is_empty() && wanted.keys().all(|n| handled.names.contains(n)) {
+            if view::ended(&run).is_some() || attempt.is_some_and(|n| view::attempt_over(&run, task, n)) {
                 break;
             }
         }
+        if synced {
+            let look: Vec<&String> = if run_changed { wanted.keys().collect() } else { pod_changed.iter().collect() };
+            for pod_name in look {
+                if let (Some(key), Some(pod)) = (wanted.get(pod_name), known.get(pod_name)) {
+                    consider(key, pod, false, &mut handled);
+                }
+            }
+        }
+        (run_changed, pod_changed) = (false, None);
         tokio::select! {
             event = run_events.next() => match event {
-                Some(Ok(Some(r))) if r.metadata.uid.as_deref() == Some(uid.as_str()) => run = r,
+                Some(Ok(Some(r))) if r.metadata.uid.as_deref() == Some(uid.as_str()) => (run, run_changed) = (r, true),
                 Some(Ok(_)) | None => {
-                    eprintln!("run {name} was deleted (or created again) while its logs were followed");
+                    failed = Some(Failure(format!("run {name} was deleted (or made again) while its logs were followed")));
                     break;
                 }
                 Some(Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)))
@@ -676,11 +717,14 @@ async fn follow_logs(
                 Some(Ok(watcher::Event::InitDone)) => {
                     let now = relist.take().unwrap_or_default();
                     for (gone, pod) in known.drain().filter(|(n, _)| !now.contains_key(n)) {
-                        if let Some(key) = wanted.get(&gone) {
-                            consider(key, &pod, true, &mut handled);
+                        if let Some(key) = wanted.get(&gone).filter(|_| !handled.has(&pod)) {
+                            handled.add(&pod);
+                            eprintln!("{key}: pod {gone} went while the watch of the pods was interrupted; if it ran, its log went with it");
                         }
                     }
                     known = now;
+                    // Everything is looked at again.
+                    run_changed = true;
                     if !synced {
                         synced = true;
                         let live = wanted.keys().filter(|n| known.get(*n).is_some_and(|p| view::pod_log(p) == PodLog::Live)).count();
@@ -691,7 +735,11 @@ async fn follow_logs(
                         }
                     }
                 }
-                Some(Ok(watcher::Event::Apply(p))) => drop(known.insert(p.metadata.name.clone().unwrap_or_default(), p)),
+                Some(Ok(watcher::Event::Apply(p))) => {
+                    let changed = p.metadata.name.clone().unwrap_or_default();
+                    known.insert(changed.clone(), p);
+                    pod_changed = Some(changed);
+                }
                 // Its last state says whether a log went with it.
                 Some(Ok(watcher::Event::Delete(p))) => {
                     let gone = p.metadata.name.clone().unwrap_or_default();
@@ -712,12 +760,14 @@ async fn follow_logs(
             },
             Some(line) = rx.recv() => match line {
                 Ok(l) => emit(&format!("{l}\n")),
-                Err(f) => failed = Some(f),
+                Err(f) => {
+                    failed.get_or_insert(f);
+                }
             },
         }
     }
-    // The run has ended: a pod the watch has not caught up with is looked
-    // at once more, as the API server has it now.
+    // The run (or the attempt) is over: a pod the watch has not caught up
+    // with is looked at once more, as the API server has it now.
     for (pod_name, key) in &wanted {
         match pods.get_opt(pod_name).await {
             Ok(Some(pod)) => consider(key, &pod, true, &mut handled),
@@ -725,14 +775,21 @@ async fn follow_logs(
                 eprintln!("{key}: pod {pod_name} does not exist: never created, or deleted before its log could be read");
             }
             Ok(None) => {}
-            Err(e) => failed = Some(session.failure(e)),
+            Err(e) => {
+                failed.get_or_insert(session.failure(e));
+            }
         }
+    }
+    if wanted.is_empty() {
+        eprintln!("run {name} started no task pod{}", task.map(|t| format!(" for {t}")).unwrap_or_default());
     }
     drop(tx);
     while let Some(line) = rx.recv().await {
         match line {
             Ok(l) => emit(&format!("{l}\n")),
-            Err(f) => failed = Some(f),
+            Err(f) => {
+                failed.get_or_insert(f);
+            }
         }
     }
     failed.map_or(Ok(ExitCode::SUCCESS), Err)
@@ -852,4 +909,44 @@ async fn main() -> ExitCode {
         eprintln!("error: {}", message.split_whitespace().collect::<Vec<_>>().join(" "));
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{StreamExt, TryStreamExt};
+
+    /// A log stream that gives `parts` one after another, then nothing more
+    /// and no end: a simulated node's follow.
+    fn never_ending(parts: &[&str]) -> impl futures::AsyncBufRead {
+        let parts: Vec<std::io::Result<Vec<u8>>> = parts.iter().map(|p| Ok(p.as_bytes().to_vec())).collect();
+        futures::stream::iter(parts).chain(futures::stream::pending()).into_async_read()
+    }
+
+    async fn pumped(stream: impl futures::AsyncBufRead, ended: Option<std::future::Ready<()>>) -> Vec<String> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        pump(stream, ended, "a: ", &tx).await;
+        drop(tx);
+        let mut got = vec![];
+        while let Some(line) = rx.recv().await {
+            got.push(line.unwrap_or_else(|f| format!("failed: {}", f.0)));
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_followed_log_keeps_its_last_line_without_a_newline_and_ends_once_quiet_after_the_pod() {
+        let got = pumped(never_ending(&["one\ntw", "o\nthree, no newline"]), Some(std::future::ready(()))).await;
+        assert_eq!(got, ["a: one", "a: two", "a: three, no newline"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_log_is_read_to_its_end_however_slow() {
+        let slow = futures::stream::iter(["one\n", "two"]).then(|p| async move {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Ok::<_, std::io::Error>(p.as_bytes().to_vec())
+        });
+        let got = pumped(Box::pin(slow).into_async_read(), None::<std::future::Ready<()>>).await;
+        assert_eq!(got, ["a: one", "a: two"]);
+    }
 }

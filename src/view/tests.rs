@@ -298,3 +298,16 @@ fn a_pods_log_is_read_once_its_container_started_and_only_then() {
     going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-22T10:00:00Z")));
     assert_eq!(pod_log(&going), PodLog::Never("it was deleted before its container started".into()), "deleted unscheduled");
 }
+
+#[test]
+fn an_attempt_is_over_once_a_later_one_began_or_the_task_finished() {
+    let run = diamond();
+    assert!(attempt_over(&run, Some("a"), 0), "a succeeded");
+    assert!(attempt_over(&run, Some("b"), 0), "b's attempt 1 began");
+    assert!(attempt_over(&run, Some("b"), 1), "b failed for good");
+    assert!(!attempt_over(&run, Some("fan(1)"), 0), "fan(1) runs its attempt 0");
+    assert!(!attempt_over(&run, Some("fan"), 0), "fan's instances go on");
+    assert!(!attempt_over(&run, Some("d"), 0), "d has not started");
+    assert!(!attempt_over(&run, None, 0), "not every task is past it");
+    assert!(!attempt_over(&run, Some("nope"), 0), "nothing picked: nothing is over");
+}
