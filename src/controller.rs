@@ -56,9 +56,11 @@ pub struct Context {
     pub recorder: Recorder,
     /// Set at shutdown: release runs instead of acting on them.
     pub draining: AtomicBool,
-    /// Runs this controller owns (uid -> phase), for the gauges and for the
-    /// shutdown that waits until they are released.
+    /// Runs this controller owns (uid -> phase), for the gauges.
     owned: Mutex<HashMap<String, RunPhase>>,
+    /// The runs as the run watch has them, once it started: what a clean
+    /// stop waits on.
+    runs: std::sync::OnceLock<Store<WorkflowInstance>>,
     /// Every run's pods and child runs, from the watches.
     pub cache: Cache,
     /// The Workflows, from the Workflow controller's watch.
@@ -84,6 +86,7 @@ impl Context {
             metrics,
             draining: AtomicBool::new(false),
             owned: Mutex::default(),
+            runs: std::sync::OnceLock::new(),
             cache: Cache::default(),
             workflows,
             synced: Mutex::default(),
@@ -155,11 +158,18 @@ impl Context {
         self.track(uid, None);
     }
 
-    /// Runs this controller owns that need an owner (idle ones are not
-    /// kept here): running ones, and finished ones still being cleaned up
-    /// or waiting for their TTL. A clean stop hands them all over.
-    pub fn owned_runs(&self) -> usize {
-        self.owned.lock().expect("poisoned").len()
+    /// Runs the run watch shows this controller owning that need an owner
+    /// (not idle): running ones, and finished ones still being cleaned up
+    /// or waiting for their TTL. A clean stop hands them all over. Read
+    /// from the watch, not from what reconciles recorded: a run claimed by
+    /// a reconcile that failed afterwards counts, a run deleted while the
+    /// watch was away does not.
+    pub fn runs_to_hand_over(&self) -> usize {
+        let me = self.membership.identity();
+        let owned = |r: &WorkflowInstance| r.status.as_ref().and_then(|s| s.owner.as_ref()).is_some_and(|o| o.controller == me);
+        self.runs.get().map_or(0, |store| {
+            store.state().iter().filter(|r| r.metadata.deletion_timestamp.is_none() && owned(r) && !crate::retention::idle(r)).count()
+        })
     }
 
     fn track(&self, uid: &str, phase: Option<RunPhase>) {
@@ -853,6 +863,7 @@ pub async fn run(
 ) {
     let (runs, pods) = (scoped::<WorkflowInstance>(&ctx.client, namespace.as_deref()), scoped::<Pod>(&ctx.client, namespace.as_deref()));
     let (store, writer) = reflector::store();
+    let _ = ctx.runs.set(store.clone());
     let (run_ctx, pod_ctx, child_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
     let all_runs = crate::backoff::watch(runs.clone(), watcher::Config::default().any_semantic())
         .modify(crate::cache::trim_run)

@@ -156,13 +156,15 @@ async fn main() -> anyhow::Result<()> {
     ctx.draining.store(true, Ordering::SeqCst);
     let _ = drain_tx.send(true);
     let deadline = tokio::time::Instant::now() + flags.lease_duration;
-    while ctx.owned_runs() > 0 && tokio::time::Instant::now() < deadline {
+    // Until the watches have listed everything (a restart that is stopped
+    // at once), what this controller owns is not known yet.
+    while (!ctx.synced() || ctx.runs_to_hand_over() > 0) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = stop_tx.send(true);
     let _ = tokio::join!(runs, workflows);
     lease_handle.release().await;
-    info!(controller = %identity, left = ctx.owned_runs(), "stopped");
+    info!(controller = %identity, left = ctx.runs_to_hand_over(), "stopped");
     Ok(())
 }
 
