@@ -17,9 +17,6 @@ mod browser;
 
 use std::time::{Duration, Instant};
 
-use baton::api::WorkflowInstance;
-use kube::api::Api;
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -58,14 +55,7 @@ async fn main() {
     let loads: usize = std::env::var("BENCH_UI_LOADS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let ns = support::TestNs::new("bench-ui").await;
     let _controller = ns.controller("bench");
-    ns.apply(&browser::big_workflow("big"));
-    ns.apply("apiVersion: baton.dev/v1alpha1\nkind: WorkflowInstance\nmetadata: {name: big-1}\nspec: {workflowRef: {name: big}}\n");
-    let runs: Api<WorkflowInstance> = ns.api();
-    support::wait_for("the run of 1,000 tasks to start", Duration::from_secs(120), || async {
-        let run = runs.get("big-1").await.map_err(|e| e.to_string())?;
-        run.status.and_then(|s| s.workflow_spec).map(|_| ()).ok_or_else(|| "not started".to_string())
-    })
-    .await;
+    browser::start_big_run(&ns).await;
     let (_ui, url) = browser::start_ui(support::kubeconfig(), &ns.name);
     let (_driver, c) = browser::browser().await;
     let (runs_fcp, runs_drawn) = measure(&c, &format!("{url}#/runs"), "baton:runs", loads).await;

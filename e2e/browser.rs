@@ -76,15 +76,16 @@ pub async fn browser() -> (Killed, Client) {
     (driver, client)
 }
 
-/// Layers of [`big_workflow`].
+/// Layers of [`start_big_run`]'s workflow.
 pub const BIG_LAYERS: usize = 20;
-/// Tasks in each layer of [`big_workflow`].
+/// Tasks in each layer of [`start_big_run`]'s workflow.
 pub const BIG_WIDTH: usize = 50;
 
-/// A workflow of BIG_LAYERS × BIG_WIDTH tasks, `t{layer}-{i}`, each after
-/// two of the layer before (`i` and `i + 1`), whose pods run for 10
-/// minutes, 10 at a time.
-pub fn big_workflow(name: &str) -> String {
+/// Starts run `big-1` of workflow `big`: BIG_LAYERS × BIG_WIDTH tasks,
+/// `t{layer}-{i}`, each after two of the layer before (`i` and `i + 1`),
+/// whose pods run for 10 minutes, 10 at a time; returns once a controller
+/// has taken it up (its graph can be drawn).
+pub async fn start_big_run(ns: &crate::support::TestNs) {
     let mut tasks = String::new();
     for l in 0..BIG_LAYERS {
         for i in 0..BIG_WIDTH {
@@ -95,5 +96,14 @@ pub fn big_workflow(name: &str) -> String {
             ));
         }
     }
-    format!("apiVersion: baton.dev/v1alpha1\nkind: Workflow\nmetadata: {{name: {name}}}\nspec:\n  parallelism: 10\n  tasks:\n{tasks}")
+    ns.apply(&format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: Workflow\nmetadata: {{name: big}}\nspec:\n  parallelism: 10\n  tasks:\n{tasks}"
+    ));
+    ns.apply("apiVersion: baton.dev/v1alpha1\nkind: WorkflowInstance\nmetadata: {name: big-1}\nspec: {workflowRef: {name: big}}\n");
+    let runs: kube::Api<baton::api::WorkflowInstance> = ns.api();
+    wait_for("the run of 1,000 tasks to start", Duration::from_secs(120), || async {
+        let run = runs.get("big-1").await.map_err(|e| e.to_string())?;
+        run.status.and_then(|s| s.workflow_spec).map(|_| ()).ok_or_else(|| "not started".to_string())
+    })
+    .await;
 }

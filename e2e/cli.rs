@@ -16,12 +16,15 @@ pub(crate) fn baton(ns: &TestNs, args: &[&str]) -> Output {
 }
 
 fn baton_with(kubeconfig: &std::path::Path, ns: &TestNs, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-        .env("NO_COLOR", "1")
-        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", &ns.name])
-        .args(args)
-        .output()
-        .expect("run baton")
+    command(kubeconfig, ns, args).output().expect("run baton")
+}
+
+/// The command `baton ARGS` in the test's namespace with `kubeconfig`,
+/// without colour.
+fn command(kubeconfig: &std::path::Path, ns: &TestNs, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+    command.env("NO_COLOR", "1").args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", &ns.name]).args(args);
+    command
 }
 
 pub(crate) fn stdout(o: &Output) -> String {
@@ -223,8 +226,7 @@ async fn logs_follow_a_pod_that_is_scheduled_after_the_command_found_it() {
         )],
     ));
     ns.apply(&run("h-1", "held", ""));
-    let follow = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", &ns.name, "logs", "h-1", "-f"])
+    let follow = command(kubeconfig(), &ns, &["logs", "h-1", "-f"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -308,14 +310,7 @@ async fn colour_and_redraws_only_on_a_terminal_and_never_with_no_color() {
     assert!(coloured.contains("\x1b[32m"), "{coloured:?}");
     for (how, out) in [
         ("NO_COLOR on a terminal", ok(on_a_terminal(&ns, &[("NO_COLOR", "1")], &["get", "t-1"]))),
-        (
-            "into a pipe",
-            ok(Command::new(env!("CARGO_BIN_EXE_baton"))
-                .env_remove("NO_COLOR")
-                .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", &ns.name, "get", "t-1"])
-                .output()
-                .unwrap()),
-        ),
+        ("into a pipe", ok(command(kubeconfig(), &ns, &["get", "t-1"]).env_remove("NO_COLOR").output().unwrap())),
     ] {
         assert!(!out.contains('\x1b') && out.contains("Succeeded"), "{how}: {out:?}");
     }
@@ -346,10 +341,7 @@ async fn context_picks_the_cluster_and_its_namespace() {
     dead.context.as_mut().unwrap().cluster = "dead".into();
     config.contexts.push(dead);
     config.current_context = Some("dead".into());
-    let dir = crate::support::state_dir().join("cli");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("contexts-{}.kubeconfig", ns.name));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let path = write_kubeconfig(&format!("contexts-{}", ns.name), &config);
     // No -n: the namespace is the context's.
     let with = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_baton"))
@@ -434,9 +426,14 @@ fn user_kubeconfig(ns: &TestNs, user: &str, verbs: &str) -> std::path::PathBuf {
     for info in config.auth_infos.iter_mut().filter_map(|u| u.auth_info.as_mut()) {
         info.impersonate = Some(user.into());
     }
+    write_kubeconfig(&format!("{user}-{}", ns.name), &config)
+}
+
+/// Writes `config` as `<name>.kubeconfig` in the CLI tests' directory.
+fn write_kubeconfig(name: &str, config: &kube::config::Kubeconfig) -> std::path::PathBuf {
     let dir = crate::support::state_dir().join("cli");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{user}-{}.kubeconfig", ns.name));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(config).unwrap()).unwrap();
     path
 }

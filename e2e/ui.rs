@@ -10,7 +10,7 @@ use baton::api::{RunPhase, Shutdown, Workflow, WorkflowInstance};
 use fantoccini::{Client, Locator};
 use kube::api::Api;
 
-use crate::browser::{BIG_LAYERS, BIG_WIDTH, big_workflow, browser, free_port, start_ui, start_ui_with};
+use crate::browser::{BIG_LAYERS, BIG_WIDTH, browser, free_port, start_big_run, start_ui, start_ui_with};
 use crate::runs::{run, task, wait_phase, workflow};
 use crate::support::{TestNs, kubeconfig, state_dir, wait_for};
 
@@ -199,14 +199,7 @@ struct Drawn {
 async fn a_run_of_a_thousand_tasks_is_a_readable_layered_graph() {
     let ns = TestNs::new("ui-big").await;
     let _c = ns.controller("alpha");
-    ns.apply(&big_workflow("big"));
-    ns.apply(&run("big-1", "big", ""));
-    let runs: Api<WorkflowInstance> = ns.api();
-    wait_for("the run of 1,000 tasks to start", Duration::from_secs(120), || async {
-        let run = runs.get("big-1").await.map_err(|e| e.to_string())?;
-        run.status.and_then(|s| s.workflow_spec).map(|_| ()).ok_or_else(|| "not started".to_string())
-    })
-    .await;
+    start_big_run(&ns).await;
     let (_ui, url) = start_ui(kubeconfig(), &ns.name);
     let (_driver, c) = browser().await;
     c.goto(&format!("{url}#/run/{}/big-1", ns.name)).await.unwrap();
@@ -306,11 +299,10 @@ async fn ui_listens_on_the_port_asked_for_and_says_when_it_is_taken() {
     let port = free_port().to_string();
     let (_ui, url) = start_ui_with(kubeconfig(), &ns.name, &["--port", &port]);
     assert!(url.starts_with(&format!("http://127.0.0.1:{port}/")), "{url}");
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", &ns.name, "ui", "--port", &port])
-        .output()
-        .unwrap();
-    crate::cli::refused(again, &[&format!("cannot listen on 127.0.0.1:{port}"), "pick another --port"]);
+    crate::cli::refused(
+        crate::cli::baton(&ns, &["ui", "--port", &port]),
+        &[&format!("cannot listen on 127.0.0.1:{port}"), "pick another --port"],
+    );
     ns.done().await;
 }
 

@@ -362,7 +362,7 @@ async fn watch(cli: &Cli, name: &str) -> Result<ExitCode, Failure> {
     if view::ended(&first).is_some() {
         return Ok(ended(&first));
     }
-    let mut events = kube::runtime::watcher::watch_object(session.runs(), name).default_backoff().boxed();
+    let mut events = watcher::watch_object(session.runs(), name).default_backoff().boxed();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -377,17 +377,11 @@ async fn watch(cli: &Cli, name: &str) -> Result<ExitCode, Failure> {
                     }
                 }
                 Some(Ok(None)) => return Err(Failure(format!("run {name} was deleted while being watched"))),
-                // Refusals do not pass by themselves: say what to do.
-                Some(Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)))
-                    if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) =>
-                {
-                    return Err(session.failure(e));
-                }
-                Some(Err(e)) => {
-                    if !terminal {
-                        eprintln!("watch of run {name} interrupted ({e}); resuming");
-                    }
-                }
+                Some(Err(e)) => match refusal(e, &[401, 403, 404]) {
+                    Ok(e) => return Err(session.failure(e)),
+                    Err(e) if !terminal => eprintln!("watch of run {name} interrupted ({e}); resuming"),
+                    Err(_) => {}
+                },
                 None => return Err(Failure(format!("the watch of run {name} ended; run baton watch again"))),
             },
             _ = tick.tick(), if terminal => {
@@ -396,6 +390,17 @@ async fn watch(cli: &Cli, name: &str) -> Result<ExitCode, Failure> {
                 }
             }
         }
+    }
+}
+
+/// The API server's refusal to list or watch, if its code is one of
+/// `codes`: refusals do not pass by themselves, so they end the command
+/// with what to do; other watch errors are retried.
+fn refusal(e: kube::runtime::watcher::Error, codes: &[u16]) -> Result<kube::Error, kube::runtime::watcher::Error> {
+    use kube::runtime::watcher::Error::{InitialListFailed, WatchStartFailed};
+    match e {
+        InitialListFailed(e) | WatchStartFailed(e) if matches!(&e, kube::Error::Api(s) if codes.contains(&s.code)) => Ok(e),
+        e => Err(e),
     }
 }
 
@@ -468,28 +473,6 @@ fn log_refused(session: &Session, key: &str, pod: &str, e: kube::Error) -> Failu
     }
 }
 
-/// Sends the log of `pod` to `lines`, each line after `label`: whole if the
-/// pod has ended, else followed until the pod ends.
-async fn send_log(pods: Api<Pod>, pod: Pod, label: String, stream: impl futures::AsyncBufRead + Send + 'static, lines: Lines) {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let followed = !pod_finished(&pod);
-    // Polled, as a simulated node never says: ended, gone, or made again.
-    let ended = async {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            match pods.get_opt(&name).await {
-                Ok(Some(p))
-                    if p.metadata.uid == pod.metadata.uid
-                        && p.metadata.deletion_timestamp.is_none()
-                        && view::pod_log(&p) == PodLog::Live => {}
-                Err(_) => {}
-                _ => break,
-            }
-        }
-    };
-    pump(stream, followed.then_some(ended), &label, &lines).await;
-}
-
 /// Sends each line of `stream` to `lines` after `label`, up to its end. A
 /// followed log ends when the stream does, as a kubelet closes it once the
 /// container has ended; or, since a simulated node never does, once
@@ -531,17 +514,34 @@ async fn pump(stream: impl futures::AsyncBufRead, ended: Option<impl std::future
     }
 }
 
-/// Reads `pod`'s log into `lines` (whole, or followed while it runs), one
-/// of at most MAX_FOLLOWED at a time.
+/// Reads `pod`'s log into `lines`, each line after `label`: whole if the
+/// pod has ended, else followed until it ends. One of at most MAX_FOLLOWED
+/// at a time.
 async fn read_log(session: Arc<Session>, pod: Pod, key: String, label: String, lines: Lines, permits: Arc<tokio::sync::Semaphore>) {
     let Ok(_permit) = permits.acquire_owned().await else { return };
     let pods: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
     let name = pod.metadata.name.clone().unwrap_or_default();
-    match pods.log_stream(&name, &log_params(&pod, !pod_finished(&pod))).await {
-        Ok(stream) => send_log(pods, pod, label, stream, lines).await,
-        Err(kube::Error::Api(s)) if s.code == 404 => eprintln!("{key}: pod {name} was deleted before its log could be read"),
-        Err(e) => drop(lines.send(Err(log_refused(&session, &key, &name, e)))),
-    }
+    let followed = !pod_finished(&pod);
+    let stream = match pods.log_stream(&name, &log_params(&pod, followed)).await {
+        Ok(stream) => stream,
+        Err(kube::Error::Api(s)) if s.code == 404 => return eprintln!("{key}: pod {name} was deleted before its log could be read"),
+        Err(e) => return drop(lines.send(Err(log_refused(&session, &key, &name, e)))),
+    };
+    // Polled, as a simulated node never says: ended, gone, or made again.
+    let ended = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match pods.get_opt(&name).await {
+                Ok(Some(p))
+                    if p.metadata.uid == pod.metadata.uid
+                        && p.metadata.deletion_timestamp.is_none()
+                        && view::pod_log(&p) == PodLog::Live => {}
+                Err(_) => {}
+                _ => break,
+            }
+        }
+    };
+    pump(stream, followed.then_some(ended), &label, &lines).await;
 }
 
 async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: Option<i32>) -> Result<ExitCode, Failure> {
@@ -555,7 +555,7 @@ async fn logs(cli: &Cli, name: &str, task: Option<&str>, follow: bool, attempt: 
     // fanned-out task's instances may be one now and more later).
     let fans_out = |t: &str| {
         let spec = run.status.as_ref().and_then(|s| s.workflow_spec.as_ref());
-        spec.is_some_and(|w| w.tasks.iter().chain(&w.on_exit).any(|x| x.name == t && x.fans_out()))
+        spec.and_then(|w| w.task(t)).is_some_and(|x| x.fans_out())
     };
     let prefix = targets.len() > 1 || task.is_none_or(fans_out);
     let label = move |key: &str| if prefix { format!("{key}: ") } else { String::new() };
@@ -705,9 +705,11 @@ async fn follow_logs(
                     failed = Some(Failure(format!("run {name} was deleted (or made again) while its logs were followed")));
                     break;
                 }
-                Some(Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)))
-                    if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) => return Err(session.failure(e)),
-                Some(Err(_)) => {}
+                Some(Err(e)) => {
+                    if let Ok(e) = refusal(e, &[401, 403, 404]) {
+                        return Err(session.failure(e));
+                    }
+                }
             },
             event = pod_events.next() => match event {
                 Some(Ok(watcher::Event::Init)) => relist = Some(HashMap::new()),
@@ -754,16 +756,14 @@ async fn follow_logs(
                         }
                     }
                 }
-                Some(Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)))
-                    if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403)) => return Err(session.failure(e)),
-                Some(Err(_)) | None => {}
-            },
-            Some(line) = rx.recv() => match line {
-                Ok(l) => emit(&format!("{l}\n")),
-                Err(f) => {
-                    failed.get_or_insert(f);
+                Some(Err(e)) => {
+                    if let Ok(e) = refusal(e, &[401, 403]) {
+                        return Err(session.failure(e));
+                    }
                 }
+                None => {}
             },
+            Some(line) = rx.recv() => said(line, &mut failed),
         }
     }
     // The run (or the attempt) is over: a pod the watch has not caught up
@@ -785,14 +785,19 @@ async fn follow_logs(
     }
     drop(tx);
     while let Some(line) = rx.recv().await {
-        match line {
-            Ok(l) => emit(&format!("{l}\n")),
-            Err(f) => {
-                failed.get_or_insert(f);
-            }
-        }
+        said(line, &mut failed);
     }
     failed.map_or(Ok(ExitCode::SUCCESS), Err)
+}
+
+/// What a log reader sent: a line is printed, a failure kept (the first).
+fn said(line: Result<String, Failure>, failed: &mut Option<Failure>) {
+    match line {
+        Ok(l) => emit(&format!("{l}\n")),
+        Err(f) => {
+            failed.get_or_insert(f);
+        }
+    }
 }
 
 /// The pods `baton logs -f` has read or said why it could not, by UID (a
